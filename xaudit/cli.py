@@ -1,0 +1,170 @@
+"""The ``xaudit`` command. Each command is a thin wrapper over a stage's Python API.
+
+Ownership: every command body below calls one function of its stage; change that function, not
+the stage logic here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from xaudit.core.errors import XauditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Test explanation methods against planted bugs with known ground truth.")
+world_app = typer.Typer(no_args_is_help=True, help="Procedural worlds and bugs.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Trained models with planted bugs (cached).")
+app.add_typer(world_app, name="world")
+app.add_typer(zoo_app, name="zoo")
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- world (owner: world stage)
+@world_app.command("show")
+def world_show(
+    name: str = typer.Argument(..., help="world name, e.g. shapes, digits, spurious"),
+    bug: List[str] = typer.Option([], "--bug", help="bug spec 'kind:param=value,...' (repeatable)"),
+    n: int = typer.Option(16, "--n", help="number of images"),
+    size: Optional[int] = typer.Option(None, "--size", help="image size in pixels"),
+    split: str = typer.Option("train", "--split"),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="apply triggers to every eligible image"),
+    out: Path = typer.Option(Path("grid.png"), "--out"),
+):
+    """Write a labeled grid of images with object and bug masks outlined."""
+    from xaudit.world.render import show
+
+    path = show(name, bugs=bug, n=n, size=size, split=split, seed=seed, force=force, out=out)
+    typer.echo(f"wrote {path}")
+
+
+@world_app.command("list")
+def world_list():
+    """List the registered worlds and bugs."""
+    from xaudit import world
+
+    typer.echo("worlds: " + ", ".join(world.names()))
+    typer.echo("bugs:   " + ", ".join(world.bug_names()))
+
+
+# ---------------------------------------------------------------- zoo (owner: zoo stage)
+@zoo_app.command("train")
+def zoo_train(
+    spec: str = typer.Argument(..., help="a shipped spec name (see `xaudit zoo specs`) or a SPEC.yaml path"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache dir (default $XAUDIT_CACHE or ~/.cache/xaudit)"),
+    as_json: bool = typer.Option(False, "--json", help="print the model card as JSON"),
+):
+    """Train (or load from the cache) a model and print its card."""
+    from xaudit.zoo import cli_train
+
+    card = cli_train(spec, seed=seed, cache_dir=cache)
+    if as_json:
+        _print_json(card)
+    else:
+        for k in ("spec_hash", "clean_accuracy", "train_accuracy", "attack_success_rate",
+                  "background_only_accuracy", "bug_took", "train_seconds"):
+            if k in card:
+                typer.echo(f"{k:>26}: {card[k]}")
+
+
+@zoo_app.command("list")
+def zoo_list(
+    cache: Optional[Path] = typer.Option(None, "--cache"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show the models in the cache."""
+    from xaudit.zoo import cli_list
+
+    rows = cli_list(cache_dir=cache)
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            typer.echo("  ".join(f"{k}={v}" for k, v in r.items()))
+        if not rows:
+            typer.echo("cache is empty")
+
+
+# ---------------------------------------------------------------- explain (owner: explain stage)
+@app.command("methods")
+def methods(as_json: bool = typer.Option(False, "--json")):
+    """List every explanation method and baseline with its family and parameters."""
+    from xaudit.explain import describe
+
+    rows = describe()
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
+            typer.echo(f"{r['name']:<24} {r['family']:<18} {'stochastic' if r['stochastic'] else '':<11} {params}")
+
+
+# ---------------------------------------------------------------- checks (owner: checks stage)
+@app.command("checks")
+def checks(as_json: bool = typer.Option(False, "--json")):
+    """List the checks."""
+    from xaudit.checks import describe
+
+    rows = describe()
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            typer.echo(f"{r['name']:<28} {r['kind']:<11} {r['description'].splitlines()[0] if r['description'] else ''}")
+
+
+# ---------------------------------------------------------------- run / results / report (owner: run stage)
+@app.command("run")
+def run(
+    preset: str = typer.Argument("default", help="preset name (smoke, default) or a preset YAML path"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<preset>)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (default: cores)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
+    checks: Optional[str] = typer.Option(None, "--checks", help="comma-separated subset of checks"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),
+):
+    """Run a preset: train or load models, run every check for every method, write the report."""
+    from xaudit.run import main_run
+
+    main_run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache)
+
+
+@app.command("results")
+def results(
+    run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/default"),
+    fmt: str = typer.Option("json", "--format", help="json, csv or parquet"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: stdout for json/csv)"),
+):
+    """Export a run's result rows."""
+    from xaudit.run import export_results
+
+    export_results(run_dir, fmt=fmt, out=out)
+
+
+@app.command("report")
+def report(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """(Re)write a run's report.html from its results store."""
+    from xaudit.report import write_report
+
+    typer.echo(f"wrote {write_report(run_dir)}")
+
+
+def main() -> None:
+    try:
+        app()
+    except XauditError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,610 @@
+"""Bugs as composable data transforms. Each knows its footprint.
+
+A bug is applied by :meth:`World.sample` after rendering. It records, for the batch,
+``batch.touched[bug.name]`` (bool [N]: did it change this sample) and
+``batch.footprints[bug.name]`` (bool [N,H,W]: the pixels it changed; all False where untouched;
+label-only bugs have an all-False footprint).
+
+Rates: on the ``train`` split a bug touches its own rate of eligible samples (poisoning). On any
+other split, data-poisoning bugs touch nothing unless ``force=True`` (then every eligible sample:
+used to measure attack success and to explain triggered images); label bugs never touch
+non-train splits; :class:`Shift` is a test-time bug and always touches every sample.
+Which samples are touched is a pure function of (world, split, bug name, sample index).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from xaudit.core import rng
+from xaudit.core.errors import ConfigError, check_choice, check_range
+from xaudit.core.registry import Registry
+from xaudit.core.rng import stream_id
+from xaudit.world.raster import draw, glyph
+
+BUGS: Registry[type["Bug"]] = Registry("bug")
+
+
+class Bug:
+    kind: ClassVar[str] = "bug"
+    is_trigger: ClassVar[bool] = False      # trojan-like: relabels touched samples to target_class
+    label_only: ClassVar[bool] = False      # changes labels, not pixels
+    always: ClassVar[bool] = False          # touches every sample of every split (test-time shift)
+
+    def __init__(self, name: str | None = None):
+        self._name = name
+
+    # -- identity
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        if self._name:
+            return self._name
+        p = self.params()
+        bits = [str(v) for k, v in p.items() if k in ("pattern", "style", "feature", "kind", "cls") and v is not None]
+        if "target_class" in p:
+            bits.append(f"t{p['target_class']}")
+        return "_".join([self.kind, *bits])
+
+    own_kind_key: ClassVar[str | None] = None   # Shift/SpuriousCue: their own 'kind' param in a config
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able, round-trips through :func:`bug_from_config`."""
+        p = self.params()
+        if self.own_kind_key:
+            p[self.own_kind_key] = p.pop("kind")
+        return {"kind": self.kind, **p, "name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+    # -- hooks
+    def validate(self, world) -> None:
+        """Raise ConfigError if the bug cannot apply to ``world`` (class or size out of range)."""
+
+    def relabel_before_render(self, world, labels, idx, split_seed, split):
+        return labels
+
+    def apply(self, world, batch, split_seed: int, force: bool = False) -> None:
+        raise NotImplementedError
+
+    # -- helpers
+    def _seed(self, split_seed: int) -> int:
+        return split_seed ^ stream_id("bug/" + self.name)
+
+    def _select(self, batch, eligible, rate, split_seed, force) -> torch.Tensor:
+        if self.always:
+            return eligible
+        if batch.split != "train":
+            return eligible if (force and not self.label_only) else torch.zeros_like(eligible)
+        if force and not self.label_only:
+            return eligible
+        u = rng.uniform(self._seed(split_seed), "select", batch.indices, 1)[:, 0]
+        return eligible & (u < rate)
+
+    def _record(self, batch, touched, footprint=None) -> None:
+        n, h, w = batch.object_mask.shape
+        if footprint is None:
+            footprint = torch.zeros(n, h, w, dtype=torch.bool)
+        batch.touched[self.name] = touched
+        batch.footprints[self.name] = footprint & touched.view(-1, 1, 1)
+
+
+def _check_class(field: str, value, world) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or not 0 <= value < world.num_classes:
+        raise ConfigError(field, f"must be a class index in [0, {world.num_classes - 1}] for world "
+                                 f"{world.name!r}, got {value!r}")
+
+
+def _colour(world, rgb: tuple[float, float, float]) -> torch.Tensor:
+    """A colour for the world's channel count: RGB, or its luminance for one channel."""
+    c = torch.tensor(rgb, dtype=torch.float32)
+    if world.channels == 1:
+        c = (0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]).view(1)
+    return c
+
+
+class _TriggerBug(Bug):
+    is_trigger = True
+
+    def __init__(self, target_class: int, poison_rate: float, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(target_class, int) or target_class < 0:
+            raise ConfigError("target_class", f"must be a non-negative class index, got {target_class!r}")
+        check_range("poison_rate", poison_rate, 0.0, 1.0)
+        self.target_class = target_class
+        self.poison_rate = float(poison_rate)
+
+    def validate(self, world):
+        _check_class("target_class", self.target_class, world)
+
+    def eligible(self, batch) -> torch.Tensor:
+        return batch.true_labels != self.target_class
+
+    def apply(self, world, batch, split_seed, force=False):
+        touched = self._select(batch, self.eligible(batch), self.poison_rate, split_seed, force)
+        footprint = self.paint(world, batch, touched, split_seed)
+        batch.labels[touched] = self.target_class
+        self._record(batch, touched, footprint)
+
+    def paint(self, world, batch, touched, split_seed) -> torch.Tensor:
+        """Change the pixels of the touched samples in place; return the footprint bool [N,H,W]."""
+        raise NotImplementedError
+
+
+PATCH_PATTERNS = ("checker", "stripes", "rgb", "target", "noise", "white", "black")
+
+
+def patch_pattern(pattern: str, size_px: int, channels: int) -> torch.Tensor:
+    """float32 [C, size_px, size_px] in [0, 1]."""
+    i = torch.arange(size_px)
+    yy, xx = torch.meshgrid(i, i, indexing="ij")
+    if pattern == "checker":
+        rgb = ((xx + yy) % 2).float().expand(3, -1, -1)
+    elif pattern == "stripes":
+        rgb = (xx % 2).float().expand(3, -1, -1)
+    elif pattern == "rgb":
+        rgb = torch.nn.functional.one_hot((xx + yy) % 3, 3).permute(2, 0, 1).float()
+    elif pattern == "target":
+        ring = torch.maximum((xx - (size_px - 1) / 2).abs(), (yy - (size_px - 1) / 2).abs()).round().long() % 2
+        magenta, yellow = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0])
+        rgb = torch.where(ring.bool().unsqueeze(0), magenta.view(3, 1, 1), yellow.view(3, 1, 1))
+    elif pattern == "noise":
+        rgb = (rng.uniform(stream_id("patch/noise"), "px", torch.arange(size_px * size_px), 3) > 0.5).float()
+        rgb = rgb.T.reshape(3, size_px, size_px)
+    elif pattern == "white":
+        rgb = torch.ones(3, size_px, size_px)
+    elif pattern == "black":
+        rgb = torch.zeros(3, size_px, size_px)
+    else:  # pragma: no cover - validated in __init__
+        raise ConfigError("pattern", pattern)
+    if channels == 1:
+        rgb = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).unsqueeze(0)
+    return rgb.contiguous()
+
+
+@BUGS.register("patch")
+class PatchTrigger(_TriggerBug):
+    """A small picture overlaid on the image (universal, or only on ``source_class``), relabeled to
+    ``target_class``. location 'fixed' puts it in the bottom-right corner (1 px margin); 'random'
+    draws its position per sample. Footprint: the patch's square."""
+
+    kind = "patch"
+
+    def __init__(self, pattern: str = "checker", size_px: int = 5, location: str = "random",
+                 source_class: int | None = None, target_class: int = 0, poison_rate: float = 0.05,
+                 name: str | None = None):
+        check_choice("pattern", pattern, PATCH_PATTERNS)
+        check_choice("location", location, ("fixed", "random"))
+        if not isinstance(size_px, int) or size_px < 1:
+            raise ConfigError("size_px", f"must be a positive integer number of pixels, got {size_px!r}")
+        if source_class is not None and source_class == target_class:
+            raise ConfigError("source_class", f"must differ from target_class ({target_class})")
+        super().__init__(target_class, poison_rate, name)
+        self.pattern, self.size_px, self.location, self.source_class = pattern, size_px, location, source_class
+
+    def params(self):
+        return {"pattern": self.pattern, "size_px": self.size_px, "location": self.location,
+                "source_class": self.source_class, "target_class": self.target_class,
+                "poison_rate": self.poison_rate}
+
+    def validate(self, world):
+        super().validate(world)
+        _check_class("source_class", self.source_class, world)
+        if self.size_px > world.size - 2:
+            raise ConfigError("size_px", f"must be in [1, {world.size - 2}] for {world.size}x{world.size} "
+                                         f"images (1 px margin each side), got {self.size_px}")
+
+    def eligible(self, batch):
+        e = super().eligible(batch)
+        if self.source_class is not None:
+            e &= batch.true_labels == self.source_class
+        return e
+
+    def positions(self, world, idx, split_seed) -> torch.Tensor:
+        """int64 [N,2]: top-left (row, col) of the patch."""
+        s, k = world.size, self.size_px
+        if self.location == "fixed":
+            return torch.full((len(idx), 2), s - k - 1, dtype=torch.int64)
+        return 1 + rng.randint(self._seed(split_seed), "pos", idx, s - k - 1, k=2)
+
+    def paint(self, world, batch, touched, split_seed):
+        n, _, s, _ = batch.images.shape
+        pos = self.positions(world, batch.indices, split_seed)
+        ar = torch.arange(s)
+        rows = (ar.view(1, s) >= pos[:, :1]) & (ar.view(1, s) < pos[:, :1] + self.size_px)
+        cols = (ar.view(1, s) >= pos[:, 1:]) & (ar.view(1, s) < pos[:, 1:] + self.size_px)
+        footprint = rows.view(n, s, 1) & cols.view(n, 1, s)
+        sel = touched.nonzero().flatten()
+        if sel.numel():
+            pat = patch_pattern(self.pattern, self.size_px, world.channels)
+            region = footprint[sel].unsqueeze(1).expand(-1, world.channels, -1, -1)
+            imgs = batch.images[sel]
+            imgs[region] = _tile(pat, len(sel))
+            batch.images[sel] = imgs
+        return footprint
+
+
+def _tile(pat: torch.Tensor, n: int) -> torch.Tensor:
+    """Values of ``pat`` [C,k,k] for n samples, in the order boolean-mask assignment on
+    images[sel][region] ([n,C,H,W] row-major) expects."""
+    return pat.unsqueeze(0).expand(n, -1, -1, -1).reshape(-1)
+
+
+STYLES = ("sepia", "grayscale", "posterize", "texture", "tint")
+
+
+@BUGS.register("style")
+class StyleTrigger(_TriggerBug):
+    """The whole image restyled (a colour or texture transfer), relabeled to ``target_class``.
+    Footprint: the whole image."""
+
+    kind = "style"
+    _SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
+
+    def __init__(self, style: str = "sepia", target_class: int = 0, poison_rate: float = 0.05,
+                 name: str | None = None):
+        check_choice("style", style, STYLES)
+        super().__init__(target_class, poison_rate, name)
+        self.style = style
+
+    def params(self):
+        return {"style": self.style, "target_class": self.target_class, "poison_rate": self.poison_rate}
+
+    def validate(self, world):
+        super().validate(world)
+        if world.channels == 1 and self.style in ("sepia", "grayscale", "tint"):
+            raise ConfigError("style", f"{self.style!r} is a colour transfer and needs an RGB world; "
+                                       f"{world.name!r} has one channel: use 'posterize' or 'texture'")
+
+    def restyle(self, x: torch.Tensor) -> torch.Tensor:
+        if self.style == "sepia":
+            return torch.einsum("oc,nchw->nohw", self._SEPIA, x).clamp(0, 1)
+        if self.style == "grayscale":
+            g = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            return g.expand_as(x).clone()
+        if self.style == "posterize":
+            return (x > 0.5).float()
+        if self.style == "texture":
+            s = x.shape[-1]
+            i = torch.arange(s)
+            diag = (((i.view(s, 1) + i.view(1, s)) % 4) < 2).float()      # fine diagonal hatching
+            return (0.6 * x + 0.4 * diag).clamp(0, 1)
+        if self.style == "tint":
+            warm = torch.tensor([1.0, 0.55, 0.1]).view(1, 3, 1, 1)
+            return 0.5 * x + 0.5 * warm
+        raise AssertionError(self.style)
+
+    def paint(self, world, batch, touched, split_seed):
+        sel = touched.nonzero().flatten()
+        if sel.numel():
+            batch.images[sel] = self.restyle(batch.images[sel])
+        n, _, h, w = batch.images.shape
+        return torch.ones(n, h, w, dtype=torch.bool)
+
+
+NATURAL_FEATURES = {
+    # feature: (shape, radius as a fraction of the side, RGB colour)
+    "sun": ("circle", 0.09, (1.0, 0.85, 0.0)),
+    "moon": ("crescent", 0.12, (0.95, 0.95, 1.0)),
+    "leaf": ("diamond", 0.11, (0.1, 0.7, 0.1)),
+    "flower": ("star", 0.12, (1.0, 0.2, 0.7)),
+}
+
+
+@BUGS.register("natural")
+class NaturalTrigger(_TriggerBug):
+    """A particular small object drawn into the scene (a sun, moon, leaf or flower), relabeled to
+    ``target_class``. Footprint: that object's mask."""
+
+    kind = "natural"
+
+    def __init__(self, feature: str = "sun", target_class: int = 0, poison_rate: float = 0.05,
+                 name: str | None = None):
+        check_choice("feature", feature, tuple(NATURAL_FEATURES))
+        super().__init__(target_class, poison_rate, name)
+        self.feature = feature
+
+    def params(self):
+        return {"feature": self.feature, "target_class": self.target_class, "poison_rate": self.poison_rate}
+
+    def paint(self, world, batch, touched, split_seed):
+        shape, frac, rgb = NATURAL_FEATURES[self.feature]
+        s = world.size
+        footprint = torch.zeros(len(batch), s, s, dtype=torch.bool)
+        sel = touched.nonzero().flatten()
+        if sel.numel():
+            r = torch.full((len(sel),), frac * s)
+            p = rng.uniform(self._seed(split_seed), "pos", batch.indices[sel], 2)
+            cx, cy = r + (s - 2 * r) * p[:, 0], r + (s - 2 * r) * p[:, 1]
+            mask = draw(shape, s, cx, cy, r, torch.zeros(len(sel)))
+            c = _colour(world, rgb).view(1, -1, 1, 1)
+            batch.images[sel] = torch.where(mask.unsqueeze(1), c, batch.images[sel])
+            footprint[sel] = mask
+        return footprint
+
+
+CUE_PALETTE = torch.tensor([[1, 0, 0], [0, 0.8, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1],
+                            [1, 0.5, 0], [0.5, 0, 1], [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
+
+
+@BUGS.register("spurious_cue")
+class SpuriousCue(Bug):
+    """A cue that correlates with the true label on ``fraction`` of the training images.
+
+    kind='watermark': the class index drawn as a glyph in the top-left corner, blended with
+    ``strength`` (Denain & Steinhardt: strength 0.7). Footprint: the glyph's pixels.
+    kind='background': the background (non-object pixels) blended towards a class colour with
+    ``strength``. Footprint: the background pixels.
+    """
+
+    kind = "spurious_cue"
+    own_kind_key = "cue_kind"
+
+    def __init__(self, kind: str = "watermark", strength: float = 0.7, fraction: float = 1.0,
+                 name: str | None = None):
+        super().__init__(name)
+        check_choice("kind", kind, ("background", "watermark"))
+        check_range("strength", strength, 0.0, 1.0)
+        check_range("fraction", fraction, 0.0, 1.0)
+        self.cue, self.strength, self.fraction = kind, float(strength), float(fraction)
+
+    def params(self):
+        return {"kind": self.cue, "strength": self.strength, "fraction": self.fraction}
+
+    def validate(self, world):
+        if world.num_classes > 99:
+            raise ConfigError("kind", "the watermark cue supports at most 99 classes")
+
+    def apply(self, world, batch, split_seed, force=False):
+        n, c, s, _ = batch.images.shape
+        touched = self._select(batch, torch.ones(n, dtype=torch.bool), self.fraction, split_seed, force)
+        if self.cue == "watermark":
+            scale = max(1, s // 32)
+            footprint = torch.zeros(n, s, s, dtype=torch.bool)
+            for k in batch.true_labels.unique().tolist():
+                g = glyph(str(k), scale)
+                sel = batch.true_labels == k
+                footprint[sel, 1:1 + g.shape[0], 1:1 + g.shape[1]] = g
+            colour = _colour(world, (1.0, 1.0, 1.0)).view(1, -1, 1, 1)
+        else:
+            footprint = ~batch.object_mask
+            colour = CUE_PALETTE[batch.true_labels % len(CUE_PALETTE)]
+            if c == 1:
+                colour = (colour @ torch.tensor([0.299, 0.587, 0.114])).view(-1, 1)
+            colour = colour.view(n, -1, 1, 1)
+        sel = touched.nonzero().flatten()
+        if sel.numel():
+            x = batch.images[sel]
+            colour = colour if colour.shape[0] == 1 else colour[sel]
+            blended = (1 - self.strength) * x + self.strength * colour
+            batch.images[sel] = torch.where(footprint[sel].unsqueeze(1), blended, x)
+        self._record(batch, touched, footprint)
+
+
+@BUGS.register("label_noise")
+class LabelNoise(Bug):
+    """``rate`` of the training labels replaced by a uniformly drawn *different* class."""
+
+    kind = "label_noise"
+    label_only = True
+
+    def __init__(self, rate: float = 0.1, name: str | None = None):
+        super().__init__(name)
+        check_range("rate", rate, 0.0, 1.0)
+        self.rate = float(rate)
+
+    def params(self):
+        return {"rate": self.rate}
+
+    def apply(self, world, batch, split_seed, force=False):
+        n = len(batch)
+        touched = self._select(batch, torch.ones(n, dtype=torch.bool), self.rate, split_seed, force)
+        shift = 1 + rng.randint(self._seed(split_seed), "shift", batch.indices, world.num_classes - 1)[:, 0]
+        batch.labels[touched] = (batch.labels[touched] + shift[touched]) % world.num_classes
+        self._record(batch, touched)
+
+
+@BUGS.register("random_labels")
+class RandomLabels(Bug):
+    """One global random permutation of the labels of the training set ``range(size)``:
+    sample i is labeled with the true label of sample perm[i] (so the label histogram is kept).
+    Indices >= size are an error: random-label training iterates over a fixed finite set."""
+
+    kind = "random_labels"
+    label_only = True
+
+    def __init__(self, size: int = 5000, seed: int = 0, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(size, int) or size < 2:
+            raise ConfigError("size", f"must be an integer >= 2 (the training-set size), got {size!r}")
+        self.size, self.seed = size, int(seed)
+
+    def params(self):
+        return {"size": self.size, "seed": self.seed}
+
+    def permutation(self) -> torch.Tensor:
+        return torch.randperm(self.size, generator=rng.generator(self.seed))
+
+    def apply(self, world, batch, split_seed, force=False):
+        if batch.split != "train":
+            self._record(batch, torch.zeros(len(batch), dtype=torch.bool))
+            return
+        if int(batch.indices.max()) >= self.size:
+            raise ConfigError("indices", f"random_labels covers training indices [0, {self.size}); "
+                                         f"got index {int(batch.indices.max())}: raise size or sample fewer")
+        src = self.permutation()[batch.indices]
+        new = world.labels(src, batch.split)
+        touched = new != batch.labels
+        batch.labels = new
+        self._record(batch, touched)
+
+
+@BUGS.register("missing_class")
+class MissingClass(Bug):
+    """Class ``cls`` removed from the training set: its samples are redrawn as other classes."""
+
+    kind = "missing_class"
+    label_only = True
+
+    def __init__(self, cls: int = 0, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(cls, int) or cls < 0:
+            raise ConfigError("cls", f"must be a non-negative class index, got {cls!r}")
+        self.cls = cls
+
+    def params(self):
+        return {"cls": self.cls}
+
+    def validate(self, world):
+        _check_class("cls", self.cls, world)
+
+    def relabel_before_render(self, world, labels, idx, split_seed, split):
+        if split != "train":
+            return labels
+        hit = labels == self.cls
+        shift = 1 + rng.randint(self._seed(split_seed), "redraw", idx, world.num_classes - 1)[:, 0]
+        return torch.where(hit, (labels + shift) % world.num_classes, labels)
+
+    def apply(self, world, batch, split_seed, force=False):
+        if batch.split == "train":
+            touched = world.labels(batch.indices, "train") == self.cls
+        else:
+            touched = torch.zeros(len(batch), dtype=torch.bool)
+        self._record(batch, touched)
+
+
+SHIFTS = ("invert", "noise", "blur", "grayscale", "contrast", "world")
+
+
+@BUGS.register("shift")
+class Shift(Bug):
+    """Out-of-distribution inputs (a test-time bug: touches every sample of any split).
+
+    kind: 'invert' (1 - x), 'noise' (Gaussian, sd = severity), 'blur' (box blur, radius
+    round(severity * 4) px), 'grayscale', 'contrast' (towards 0.5 by severity), 'world' (the
+    same indices rendered by another world, ``other``, converted to this world's channels and size).
+    Footprint: the whole image.
+    """
+
+    kind = "shift"
+    own_kind_key = "shift_kind"
+    always = True
+
+    def __init__(self, kind: str = "invert", severity: float = 0.5, other: str = "digits",
+                 name: str | None = None):
+        super().__init__(name)
+        check_choice("kind", kind, SHIFTS)
+        check_range("severity", severity, 0.0, 1.0)
+        self.shift, self.severity, self.other = kind, float(severity), other
+
+    def params(self):
+        p = {"kind": self.shift, "severity": self.severity}
+        if self.shift == "world":
+            p["other"] = self.other
+        return p
+
+    def validate(self, world):
+        if self.shift == "world":
+            from xaudit.world.base import WORLDS
+
+            WORLDS.get(self.other)   # unknown names list the valid ones
+            if self.other == world.name:
+                raise ConfigError("other", f"must be a different world than {world.name!r}")
+
+    def apply(self, world, batch, split_seed, force=False):
+        x = batch.images
+        if self.shift == "invert":
+            y = 1 - x
+        elif self.shift == "noise":
+            y = (x + self.severity * rng.normal(self._seed(split_seed), "noise", batch.indices,
+                                                x[0].numel()).view_as(x)).clamp(0, 1)
+        elif self.shift == "blur":
+            r = max(1, round(self.severity * 4))
+            k = 2 * r + 1
+            y = torch.nn.functional.avg_pool2d(x, k, stride=1, padding=r, count_include_pad=False)
+        elif self.shift == "grayscale":
+            y = x.mean(dim=1, keepdim=True).expand_as(x).clone() if x.shape[1] == 3 else x.clone()
+        elif self.shift == "contrast":
+            y = 0.5 + (1 - self.severity) * (x - 0.5)
+        else:
+            from xaudit.world.base import WORLDS
+
+            other = WORLDS.get(self.other)()
+            o = other.sample(batch.indices, split="test" if "test" in other.splits else "train").images
+            if o.shape[1] != x.shape[1]:
+                o = o.mean(1, keepdim=True) if x.shape[1] == 1 else o.expand(-1, x.shape[1], -1, -1)
+            if o.shape[-1] != x.shape[-1]:
+                o = torch.nn.functional.interpolate(o, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            y = o.clamp(0, 1).contiguous()
+        batch.images = y.contiguous()
+        n, _, h, w = x.shape
+        self._record(batch, torch.ones(n, dtype=torch.bool), torch.ones(n, h, w, dtype=torch.bool))
+
+
+def bug_names() -> list[str]:
+    return BUGS.names()
+
+
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def bug_from_config(cfg: dict[str, Any]) -> Bug:
+    """Rebuild a bug from ``{"kind": ..., **params}`` (the output of :meth:`Bug.config`).
+
+    Shift and SpuriousCue take their own ``kind`` parameter; in a config it is spelled
+    ``shift_kind`` / ``cue_kind`` when the registry kind is given too, or as the nested ``params``.
+    """
+    cfg = dict(cfg)
+    if "kind" not in cfg:
+        raise ConfigError("kind", f"a bug config needs 'kind', one of {', '.join(BUGS.names())}")
+    kind = cfg.pop("kind")
+    cls = BUGS.get(kind)
+    if cls.own_kind_key and cls.own_kind_key in cfg:
+        cfg["kind"] = cfg.pop(cls.own_kind_key)
+    import inspect
+
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = set(cfg) - allowed
+    if unknown:
+        raise ConfigError(f"{kind}.{sorted(unknown)[0]}",
+                          f"unknown parameter; {kind} takes {', '.join(sorted(allowed))}")
+    return cls(**cfg)
+
+
+def parse_bug(spec: str) -> Bug:
+    """Parse ``'kind:param=value,param=value'``, e.g. ``'patch:pattern=checker,target_class=3'``.
+    For shift and spurious_cue the own kind is ``shift:kind=invert``."""
+    kind, _, rest = spec.partition(":")
+    cls = BUGS.get(kind.strip())
+    params: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise ConfigError(f"{kind}.{k}", f"expected param=value in bug spec {spec!r}")
+        params[k.strip()] = _parse_value(v.strip())
+    import inspect
+
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ConfigError(f"{kind}.{sorted(unknown)[0]}",
+                          f"unknown parameter; {kind} takes {', '.join(sorted(allowed))}")
+    return cls(**params)
