@@ -133,9 +133,11 @@ def run(
     cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),
 ):
     """Run a preset: train or load models, run every check for every method, write the report."""
-    from xaudit.run import main_run
+    from xaudit.api import main_run
 
-    main_run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache)
+    code = main_run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("results")
@@ -147,7 +149,9 @@ def results(
     """Export a run's result rows."""
     from xaudit.run import export_results
 
-    export_results(run_dir, fmt=fmt, out=out)
+    path = export_results(run_dir, fmt=fmt, out=out)
+    if path is not None:
+        typer.echo(f"wrote {path}", err=True)
 
 
 @app.command("report")

@@ -1,0 +1,132 @@
+"""Cheap checks and a fake model source for the runner's tests (imported by workers as a plugin).
+
+Every cell appends one line to the file named by $XAUDIT_TEST_LOG (check, method, world, seed, pid),
+so a test can count how often each cell really ran, independently of the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from xaudit.checks.base import CHECKS, Check, ModelRef, row
+from xaudit.core.errors import NotApplicable
+from xaudit.run.models import ResolvedModel
+
+
+def _log(kind: str, **fields) -> None:
+    path = os.environ.get("XAUDIT_TEST_LOG")
+    if path:
+        with open(path, "a") as f:          # O_APPEND: whole lines, even from several processes
+            f.write(json.dumps({"kind": kind, "pid": os.getpid(), **fields}, sort_keys=True) + "\n")
+
+
+def value_of(*parts) -> float:
+    """A deterministic number in [0, 1) from the cell's identity."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
+    return int.from_bytes(h[:6], "big") / 2**48
+
+
+def _register(cls):
+    if cls.name in CHECKS:
+        return CHECKS.get(cls.name)
+    return CHECKS.register(cls.name)(cls)
+
+
+@_register
+class FakeScore(Check):
+    """Two stage rows and a verdict row; sleeps `sleep` seconds so a kill can land mid-run."""
+    name = "fake_score"
+    version = "1"
+    description = "Fake check for tests.\nVerdict: pass when the score is above 0.5."
+    defaults = {"sleep": 0.0, "stages": 2}
+
+    def models(self, params, model_group, seed):
+        return []
+
+    def run(self, ctx):
+        _log("cell", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed)
+        time.sleep(ctx.params["sleep"])
+        v = value_of(ctx.check, ctx.method, ctx.world, ctx.seed)
+        rows = [row(ctx, "similarity", v * (i + 1) / ctx.params["stages"], n=8, stage=f"s{i}", block=i)
+                for i in range(ctx.params["stages"])]
+        rows.append(row(ctx, "score", v, v - 0.1, v + 0.1, n=8, verdict="pass" if v > 0.5 else "fail",
+                        note={"v": v}))
+        return rows
+
+
+@_register
+class FakeFail(Check):
+    """Raises for the method named in `bad_method`, scores the others."""
+    name = "fake_fail"
+    defaults = {"bad_method": "grad_cam"}
+
+    def models(self, params, model_group, seed):
+        return []
+
+    def run(self, ctx):
+        _log("cell", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed)
+        if ctx.method == ctx.params["bad_method"]:
+            raise ValueError(f"planted failure for {ctx.method}")
+        if ctx.method == "blank":
+            raise NotApplicable("blank does not apply to this fake check")
+        v = value_of(ctx.check, ctx.method, ctx.seed)
+        return [row(ctx, "score", v, verdict="pass" if v > 0.5 else "fail")]
+
+
+@_register
+class FakeModel(Check):
+    """Loads its models (the primary and a `partner` group) and reports their weights' sum."""
+    name = "fake_model"
+    defaults = {"partner": None, "mutate": False}
+
+    def models(self, params, model_group, seed):
+        refs = [ModelRef(model_group, seed)]
+        if params["partner"]:
+            refs.append(ModelRef(params["partner"], seed))
+        return refs
+
+    def run(self, ctx):
+        _log("cell", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed,
+             group=ctx.model_group)
+        model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
+        if ctx.params["mutate"]:
+            with torch.no_grad():
+                model.weight.add_(1.0)
+        rows = [row(ctx, "weight_sum", float(model.weight.detach().sum()), verdict="pass", spec_key=card["key"])]
+        if ctx.params["partner"]:
+            other, ocard = ctx.load_model(ModelRef(ctx.params["partner"], ctx.seed))
+            rows.append(row(ctx, "partner_sum", float(other.weight.detach().sum()), spec_key=ocard["key"]))
+        return rows
+
+
+class FakeSource:
+    """Models are tiny Linear layers; 'training' writes a marker under cache_dir and is logged."""
+
+    def resolve(self, spec_ref, seed, world, *, explicit, group):
+        if spec_ref == "missing":
+            from xaudit.core.errors import ConfigError
+            raise ConfigError(f"models.{group}", "no such fake spec")
+        key = f"{spec_ref}-{world['world']}-{seed}"
+        return ResolvedModel(key=key, label=f"{group} on {world['world']}, seed {seed}", spec=spec_ref, seed=seed)
+
+    def load(self, model: ResolvedModel, cache_dir):
+        marker = Path(cache_dir) / f"{model.key}.trained"
+        if not marker.exists():
+            if model.spec == "broken":
+                raise RuntimeError("planted training failure")
+            _log("train", key=model.key)
+            time.sleep(0.2)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("ok")
+        _log("load", key=model.key)
+        g = torch.Generator().manual_seed(model.seed + 17 * len(model.key))
+        lin = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            lin.weight.copy_(torch.rand(2, 3, generator=g))
+            lin.bias.zero_()
+        return lin.eval(), {"key": model.key, "clean_accuracy": 0.5}

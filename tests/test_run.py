@@ -1,0 +1,425 @@
+"""The runner: presets, plan keys, the store, executors, resume after a kill, export.
+
+Cheap fake checks and a fake model source live in tests/run_fakes.py (imported by workers as a
+plugin); they log every cell they run to $XAUDIT_TEST_LOG so recomputation is counted outside the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import run_fakes  # noqa: F401  (registers the fake checks in this process)
+import xaudit.run as xrun
+from xaudit.core.errors import ConfigError, UnknownName
+from xaudit.run import Scheduler, Store, build_plan, export_results, load_preset
+from xaudit.run.worker import CellTask, ModelResult, ModelTask
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FAKE_SOURCE = "run_fakes:FakeSource"
+
+
+def fake_preset(**over) -> dict:
+    p = {"name": "fake", "plugins": ["run_fakes"], "seeds": [0, 1],
+         "worlds": [{"world": "shapes", "size": 32}],
+         "checks": {"fake_score": {}, "fake_fail": {}, "fake_model": {"params": {"partner": "other"}}},
+         "methods": ["saliency", "grad_cam", "blank"]}
+    p.update(over)
+    return p
+
+
+@pytest.fixture
+def log(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    monkeypatch.setenv("XAUDIT_TEST_LOG", str(path))
+
+    def read(kind=None):
+        if not path.exists():
+            return []
+        out = [json.loads(line) for line in path.read_text().splitlines()]
+        return [r for r in out if kind is None or r["kind"] == kind]
+    return read
+
+
+def run_fake(tmp_path, preset=None, out="run", workers=1, **kw):
+    return xrun.run(preset or fake_preset(), out=tmp_path / out, workers=workers, source=FAKE_SOURCE,
+                    cache_dir=tmp_path / "cache", progress=False, **kw)
+
+
+def table(path: Path, q: str) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(q).fetchall()
+    finally:
+        con.close()
+
+
+def comparable(rows: list[dict]) -> list[tuple]:
+    """Rows without the run-specific columns, sorted."""
+    return sorted(json.dumps({k: v for k, v in r.items() if k not in ("run",)}, sort_keys=True) for r in rows)
+
+
+# ------------------------------------------------------------------------------------------ presets
+def test_shipped_presets_validate():
+    assert {"smoke", "default"} <= set(xrun.shipped())
+    smoke = load_preset("smoke")
+    assert smoke.name == "smoke" and [c.name for c in smoke.checks] == ["cascading_randomization"]
+    assert len(smoke.methods) == 2
+    default = load_preset("default")
+    assert [c.name for c in default.checks] == ["all"] and [m.name for m in default.methods] == ["all"]
+    assert [w.name for w in default.worlds] == ["shapes", "digits"]
+
+
+@pytest.mark.parametrize("change, field, allowed", [
+    ({"colour": 1}, "colour", "allowed fields: name, description, seeds"),
+    ({"device": "tpu"}, "device", "cpu, cuda, auto"),
+    ({"seeds": [0, 0]}, "seeds", "must not repeat"),
+    ({"seeds": "x"}, "seeds", "integers >= 0"),
+    ({"workers": 0}, "workers", "positive integer"),
+    ({"name": "a b"}, "name", "letters, digits"),
+    ({"worlds": []}, "worlds", "non-empty list"),
+    ({"worlds": [{"size": 32}]}, "worlds[0].world", "world: NAME"),
+    ({"checks": {"fake_score": {"parms": {}}}}, "checks.fake_score.parms", "allowed: params, models"),
+    ({"checks": [1]}, "checks[0]", "a name or a one-key mapping"),
+    ({"methods": ["saliency", "saliency"]}, "methods", "twice"),
+])
+def test_bad_preset_names_the_field(change, field, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_preset(fake_preset(**change))
+    assert e.value.field == field
+    assert allowed in str(e.value)
+
+
+@pytest.mark.parametrize("change, field, allowed", [
+    ({"worlds": [{"world": "shapes", "size": 31}]}, "worlds[0].size", "32"),
+    ({"worlds": [{"world": "nope"}]}, "worlds[0].world", "shapes"),
+    ({"checks": {"fake_score": {"params": {"slep": 1}}}}, "checks.fake_score.params.slep", "sleep, stages"),
+    ({"methods": {"smooth_grad": {"samples": -1}}}, "methods.smooth_grad.samples", ""),
+])
+def test_bad_preset_at_plan_time(change, field, allowed):
+    with pytest.raises(ConfigError) as e:
+        build_plan(load_preset(fake_preset(**change)), source=FAKE_SOURCE)
+    assert e.value.field == field and allowed in str(e.value)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownName) as e:
+        build_plan(load_preset(fake_preset(checks=["fake_score", "nope"])), source=FAKE_SOURCE)
+    assert "fake_score" in e.value.valid and "nope" in str(e.value)
+    with pytest.raises(UnknownName) as e:
+        build_plan(load_preset(fake_preset(methods=["saliency", "nope"])), source=FAKE_SOURCE)
+    assert "integrated_gradients" in e.value.valid
+    with pytest.raises(ConfigError) as e:
+        build_plan(load_preset(fake_preset()), methods="saliency,lime", source=FAKE_SOURCE)
+    assert e.value.field == "--methods" and "saliency, grad_cam, blank" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; shipped presets: .*smoke"):
+        load_preset("nope")
+
+
+def test_preset_file_and_cli_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "worlds": ["shapes"], "methods": ["saliency"], "speed": 3}))
+    r = subprocess.run([sys.executable, "-m", "xaudit.cli", "run", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(TESTS)})
+    assert r.returncode == 2
+    assert "error: speed: unknown preset field; allowed fields: name, description" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ plan
+def test_cell_keys_hash_the_full_config():
+    p = load_preset(fake_preset())
+    plan = build_plan(p, source=FAKE_SOURCE)
+    # 3 checks x 1 world x 1 model group x 2 seeds x 3 methods
+    assert len(plan.cells) == 18 and len({c.key for c in plan.cells}) == 18
+    c = plan.cells[0]
+    ref = hashlib.sha256(json.dumps(c.config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert c.key == ref
+    assert c.config["check_version"] == "1" and c.config["params"] == {"sleep": 0.0, "stages": 2}
+    assert c.config["world"]["world"] == "shapes" and c.config["world"]["size"] == 32
+    # same preset -> same keys; one check's parameter -> only that check's keys change
+    again = build_plan(load_preset(fake_preset()), source=FAKE_SOURCE)
+    assert [x.key for x in again.cells] == [x.key for x in plan.cells]
+    changed = build_plan(load_preset(fake_preset(checks={"fake_score": {"params": {"stages": 3}}, "fake_fail": {},
+                                                         "fake_model": {"params": {"partner": "other"}}})),
+                         source=FAKE_SOURCE)
+    for a, b in zip(plan.cells, changed.cells):
+        assert (a.key == b.key) == (a.check != "fake_score")
+    # the check version is part of the key
+    cls = run_fakes.FakeScore
+    try:
+        cls.version = "2"
+        bumped = build_plan(load_preset(fake_preset()), source=FAKE_SOURCE)
+    finally:
+        cls.version = "1"
+    assert [(a.key == b.key) for a, b in zip(plan.cells, bumped.cells)] == [a.check != "fake_score" for a in plan.cells]
+    # models: the fake_model cells name both models they use
+    fm = [x for x in plan.cells if x.check == "fake_model" and x.seed == 1][0]
+    assert fm.models == (("clean", 1, "clean-shapes-1"), ("other", 1, "other-shapes-1"))
+    assert set(plan.models) == {"clean-shapes-0", "other-shapes-0", "clean-shapes-1", "other-shapes-1"}
+
+
+def test_subset_and_all():
+    plan = build_plan(load_preset(fake_preset(methods="all")), checks="fake_score", methods="blank,saliency",
+                      source=FAKE_SOURCE)
+    assert plan.checks == ["fake_score"] and plan.methods == ["saliency", "blank"]
+    assert len(plan.cells) == 4
+    from xaudit import explain
+    full = build_plan(load_preset(fake_preset(methods={"all": None, "smooth_grad": {"samples": 4}})),
+                      checks="fake_score", source=FAKE_SOURCE)
+    assert full.methods == explain.names()
+    sg = [c for c in full.cells if c.method == "smooth_grad"][0]
+    assert sg.method_params == {"samples": 4}
+
+
+# ------------------------------------------------------------------------------------------ execution
+def test_inline_run_records_failures_and_not_applicable(tmp_path, log):
+    res = run_fake(tmp_path)
+    s = res.summary
+    assert (s.cells, s.done, s.failed, s.not_applicable) == (18, 14, 2, 2)
+    db = res.store
+    failed = table(db, "SELECT method, error, traceback, attempts FROM cells WHERE status = 'failed'")
+    assert {f[0] for f in failed} == {"grad_cam"} and len(failed) == 2
+    assert all("ValueError: planted failure for grad_cam" in f[1] and "raise ValueError" in f[2] and f[3] == 1
+               for f in failed)
+    na = table(db, "SELECT method, error FROM cells WHERE status = 'not_applicable'")
+    assert na == [("blank", "blank does not apply to this fake check")] * 2
+    # rows: fake_score 3 per cell (6 cells), fake_fail 1 per done cell (2), fake_model 2 per cell (6)
+    rows = Store.open(res.run_dir, readonly=True).rows()
+    assert len(rows) == 18 + 2 + 12
+    score = [r for r in rows if r["check"] == "fake_score" and r["verdict"] is not None]
+    for r in score:
+        assert r["ci_low"] == pytest.approx(r["value"] - 0.1) and r["verdict"] == ("pass" if r["value"] > 0.5 else "fail")
+        assert r["note"] == {"v": r["value"]} and r["run"] == "fake"
+    # every cell ran exactly once
+    cells_run = log("cell")
+    assert len(cells_run) == 18
+    # a rerun computes only the unfinished cells: the 2 failed ones (retried), nothing else
+    res2 = run_fake(tmp_path)
+    assert res2.summary.ran == 2 and len(log("cell")) == 20
+    assert table(db, "SELECT max(attempts) FROM cells WHERE status = 'done'") == [(1,)]
+    res3 = run_fake(tmp_path, retry_failed=False)
+    assert res3.summary.ran == 0 and len(log("cell")) == 20
+    assert len(table(db, "SELECT * FROM run")) == 3
+
+
+def test_processes_prepare_each_model_once_and_match_inline(tmp_path, log):
+    inline = run_fake(tmp_path, out="inline", workers=1)
+    rows_inline = Store.open(inline.run_dir, readonly=True).rows()
+    trained = [r["key"] for r in log("train")]
+    assert sorted(trained) == sorted(["clean-shapes-0", "other-shapes-0", "clean-shapes-1", "other-shapes-1"])
+    (tmp_path / "cache").rename(tmp_path / "cache_inline")   # cold cache again for the process run
+    before = len(log())
+    procs = run_fake(tmp_path, out="procs", workers=2)
+    rows_procs = Store.open(procs.run_dir, readonly=True).rows()
+    assert comparable(rows_procs) == comparable(rows_inline)
+    new = log()[before:]
+    train = [r["key"] for r in new if r["kind"] == "train"]
+    assert sorted(train) == sorted(trained)                   # each model trained once with 2 workers
+    loads = [(r["pid"], r["key"]) for r in new if r["kind"] == "load"]
+    assert len(loads) == len(set(loads))                      # each worker loaded each model at most once
+    assert len({pid for pid, _ in loads}) == 2                # the work was spread over both workers
+    assert os.getpid() not in {r["pid"] for r in new}         # nothing ran in the parent
+    assert procs.summary.failed == 2 and procs.summary.done == 14
+
+
+def test_failed_model_fails_its_cells_only(tmp_path, log):
+    p = fake_preset(worlds=[{"world": "shapes", "size": 32, "specs": {"other": "broken"}}], seeds=[0])
+    res = run_fake(tmp_path, p)
+    st = dict(table(res.store, "SELECT method || '/' || check_name, status FROM cells"))
+    assert all(st[f"{m}/fake_model"] == "failed" for m in ("saliency", "grad_cam", "blank"))
+    assert st["saliency/fake_score"] == "done"
+    errs = table(res.store, "SELECT error, attempts FROM cells WHERE check_name = 'fake_model'")
+    assert all("could not be prepared: RuntimeError: planted training failure" in e and a == 0 for e, a in errs)
+    models = dict(table(res.store, "SELECT key, status FROM models"))
+    assert models == {"clean-shapes-0": "ready", "broken-shapes-0": "failed"}
+    assert not [r for r in log("cell") if r["check"] == "fake_model"]
+
+
+def test_check_that_mutates_the_shared_model_fails(tmp_path, log):
+    p = fake_preset(checks={"fake_model": {"params": {"mutate": True}}}, seeds=[0], methods=["saliency", "blank"])
+    res = run_fake(tmp_path, p)
+    errs = table(res.store, "SELECT status, error FROM cells")
+    assert len(errs) == 2 and all(s == "failed" and "changed the weights of the shared model" in e for s, e in errs)
+    # prepared once; the first cell spoiled it, so the second cell got a freshly loaded copy
+    assert [r["key"] for r in log("load")] == ["clean-shapes-0", "clean-shapes-0"]
+
+
+def test_changed_config_supersedes_old_cells_and_reverting_reuses_them(tmp_path, log):
+    base = fake_preset(checks={"fake_score": {}}, seeds=[0], methods=["saliency"])
+    run_fake(tmp_path, base)
+    changed = fake_preset(checks={"fake_score": {"params": {"stages": 3}}}, seeds=[0], methods=["saliency"])
+    res = run_fake(tmp_path, changed)
+    rows = Store.open(res.run_dir, readonly=True).rows()
+    assert len(rows) == 4 and sorted(r["stage"] for r in rows if r["stage"]) == ["s0", "s1", "s2"]
+    assert table(res.store, "SELECT count(*), sum(active) FROM cells") == [(2, 1)]
+    run_fake(tmp_path, base)
+    assert len(Store.open(res.run_dir, readonly=True).rows()) == 3
+    assert len(log("cell")) == 2                              # the revert recomputed nothing
+
+
+def test_export_formats(tmp_path, log, capsys):
+    res = run_fake(tmp_path, fake_preset(checks={"fake_score": {}}, seeds=[0]))
+    rows = Store.open(res.run_dir, readonly=True).rows()
+    path = export_results(res.run_dir, "json", tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    assert [d["value"] for d in data] == [r["value"] for r in rows] and len(data) == 9
+    assert set(data[0]) >= {"run", "check", "method", "model", "world", "seed", "metric", "value", "ci_low",
+                            "ci_high", "n", "verdict", "stage", "block", "note", "cell"}
+    export_results(res.run_dir, "csv")
+    import csv
+    import io
+    got = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(got) == 9 and float(got[0]["value"]) == rows[0]["value"] and got[0]["stage"] == "s0"
+    assert got[2]["ci_low"] != "" and got[0]["ci_low"] == ""
+    with pytest.raises(ConfigError, match="json, csv, parquet"):
+        export_results(res.run_dir, "xlsx")
+    with pytest.raises(ConfigError, match="no results store"):
+        export_results(tmp_path / "nothing", "json")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        with pytest.raises(Exception, match="pip install 'xaudit\\[parquet\\]'"):
+            export_results(res.run_dir, "parquet")
+    else:
+        t = pq.read_table(export_results(res.run_dir, "parquet", tmp_path / "r.parquet"))
+        assert t.num_rows == 9
+
+
+def test_row_columns_match_the_check_contract():
+    from xaudit.checks.base import ROW_COLUMNS
+    from xaudit.run.store import ROW_COLUMNS as STORE_COLUMNS
+    assert STORE_COLUMNS == ROW_COLUMNS
+
+
+def test_scheduler_models_first_then_affinity():
+    from xaudit.run.models import ResolvedModel
+    ms = {k: ResolvedModel(k, k, k, 0) for k in ("A", "B")}
+    models = [ModelTask(k, m) for k, m in ms.items()]
+
+    def cell(i, k):
+        return CellTask(f"c{i}", "x", "m", {}, "g", {"world": "w"}, 0, {}, ((k, 0, k),), {k: ms[k]})
+    cells = [cell(0, "A"), cell(1, "A"), cell(2, "B"), cell(3, "B")]
+    s = Scheduler(models, cells, cores=4, workers=2)
+    t1, t2 = s.next_task(set(), set()), s.next_task(set(), set())
+    assert (t1.kind, t2.kind) == ("model", "model") and t1.threads == 2
+    assert s.next_task(set(), set()) is None                 # cells wait for their models
+    s.model_finished(ModelResult("B", "ok"))
+    c = s.next_task({"B"}, set())
+    assert c.key == "c2"                                     # a cell of the model this worker holds
+    s.model_finished(ModelResult("A", "failed", error="boom"))
+    assert [x.key for x in s.waiting] == ["c3"]               # A's cells were dropped as failed
+
+
+# ------------------------------------------------------------------------------------------ kill and resume
+def _cli(args, env, cwd):
+    return subprocess.Popen([sys.executable, "-m", "xaudit.cli", "run", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_done(db: Path, n: int, proc, timeout=90.0) -> int:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the kill: {proc.communicate()}")
+        if db.exists():
+            try:
+                done = table(db, "SELECT count(*) FROM cells WHERE status = 'done'")[0][0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= n:
+                return done
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for cells")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log):
+    preset = fake_preset(checks={"fake_score": {"params": {"sleep": 0.3}}}, seeds=[0, 1, 2, 3])   # 12 cells
+    pfile = tmp_path / "fake.yaml"
+    pfile.write_text(yaml.safe_dump(preset))
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "XAUDIT_TEST_LOG": os.environ["XAUDIT_TEST_LOG"]}
+    out = tmp_path / "killed"
+    db = out / "results.sqlite"
+    args = [str(pfile), "--out", str(out), "--workers", "2"]
+
+    # 1) Ctrl-C (SIGINT to the parent): clean stop, exit 130, finished cells kept
+    p = _cli(args, env, tmp_path)
+    _wait_done(db, 2, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "run the same command again to resume" in err
+    assert table(db, "SELECT status FROM run") == [("interrupted",)]
+    assert table(db, "SELECT count(*) FROM cells WHERE status = 'running'") == [(0,)]
+    done1 = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
+
+    # 2) kill -9 mid-run: workers die with the parent, finished cells stay
+    p = _cli(args, env, tmp_path)
+    _wait_done(db, len(done1) + 2, p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=30)
+    done2 = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
+    assert done1 < done2 and len(done2) < 12
+    attempts2 = dict(table(db, "SELECT key, attempts FROM cells"))
+    workers = {r["pid"] for r in log("cell")}
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "worker processes outlived the killed run"
+
+    # 3) the same command again: only the unfinished cells run
+    p = _cli(args, env, tmp_path)
+    stdout, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "report: " in stdout and "fake_score" in stdout
+    assert table(db, "SELECT count(*) FROM cells WHERE status = 'done'") == [(12,)]
+    attempts3 = dict(table(db, "SELECT key, attempts FROM cells"))
+    assert all(attempts3[k] == 1 for k in done1)              # done at the SIGINT: never started again
+    assert all(attempts3[k] == attempts2[k] for k in done2)   # done at the SIGKILL: not started again
+    # the store's attempt counts agree with the cells' own log of their runs
+    key_of = {(c["method"], c["seed"]): c["key"] for c in Store.open(out, readonly=True).cells()}
+    runs_of = {k: 0 for k in key_of.values()}
+    for r in log("cell"):
+        runs_of[key_of[(r["method"], r["seed"])]] += 1
+    assert runs_of == attempts3
+
+    # the rows equal those of an uninterrupted run
+    ref = run_fake(tmp_path, preset, out="reference")
+    assert comparable(Store.open(out, readonly=True).rows()) == \
+        comparable(Store.open(ref.run_dir, readonly=True).rows())
+    assert (out / "report.html").exists()
+
+
+# ------------------------------------------------------------------------------------------ smoke
+def test_smoke_preset_end_to_end(tmp_path):
+    from xaudit.checks import CHECKS
+    if "cascading_randomization" not in CHECKS:
+        pytest.skip("the smoke preset needs the cascading_randomization check, which is not registered yet")
+    res = xrun.run("smoke", out=tmp_path / "smoke", progress=False)
+    s = res.summary
+    assert s.failed == 0 and s.done == s.cells == 2
+    rows = Store.open(res.run_dir, readonly=True).rows()
+    assert {r["method"] for r in rows} == {"saliency", "grad_cam"}
+    assert all(r["check"] == "cascading_randomization" and r["world"] == "shapes" for r in rows)
+    assert any(r["verdict"] is not None for r in rows)
+    html = res.report.read_text()
+    assert "cascading_randomization" in html and "data:image/png;base64," in html

@@ -1,0 +1,247 @@
+"""report.html: one self-contained file (inline CSS, figures as base64 PNG) computed from the store.
+
+Sections: summary, scorecard (baselines as their own rows), one section per check (protocol and
+verdict rule from the check's description, citation, figures), models, failed and not-applicable
+cells with their reasons, run configuration and versions.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from xaudit.report import figures as figs
+from xaudit.report.scorecard import VERDICT_STYLE, Scorecard, scorecard
+from xaudit.run.store import Store, find_db
+
+REPORT_NAME = "report.html"
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
+line-height:1.4;padding:0 1em}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:90%} th,td{border:1px solid #ddd;padding:4px 8px;
+vertical-align:top;text-align:left} th{background:#f4f4f4}
+td.pass{background:#e6f4ea} td.fail{background:#fde8e8} td.error{background:#fff3cd} td.na{color:#888}
+span.lab{color:#888;font-size:85%} .muted{color:#777} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;
+font-size:85%;white-space:pre-wrap} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+tr.sep td{background:#fafafa;font-style:italic;color:#666} details{margin:.3em 0}
+.desc{white-space:pre-wrap}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _img(title: str, data: bytes) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}"><figcaption class="muted">' \
+           f'{_e(title)}</figcaption></figure>'
+
+
+def _scorecard_html(sc: Scorecard) -> str:
+    if not sc.checks:
+        return "<p>No cells.</p>"
+    head = "".join(f"<th>{_e(c)}</th>" for c in sc.checks)
+    out = [f"<table><tr><th>method</th>{head}</tr>"]
+
+    def row(m: str, label: str) -> str:
+        tds = []
+        for c in sc.checks:
+            lines = sc.lines(m, c)
+            verdicts = {str(e.verdict).lower() for _, e in lines if e.verdict is not None}
+            statuses = {e.status for _, e in lines}
+            cls = ("fail" if "fail" in verdicts else "pass" if verdicts == {"pass"} else
+                   "error" if "failed" in statuses else "na" if not verdicts else "")
+            body = "<br>".join((f'<span class="lab">{_e(lab)}:</span> ' if lab else "") + _e(e.text())
+                               for lab, e in lines)
+            tds.append(f'<td class="{cls}">{body}</td>')
+        return f"<tr><th>{label}</th>{''.join(tds)}</tr>"
+
+    for m in sc.methods:
+        out.append(row(m, _e(m)))
+    if sc.baselines:
+        out.append(f'<tr class="sep"><td colspan="{len(sc.checks) + 1}">baselines (a method should beat '
+                   'these; a check that a baseline passes cannot tell methods apart)</td></tr>')
+        for m in sc.baselines:
+            out.append(row(m, f"{_e(m)} <span class=lab>(baseline)</span>"))
+    out.append("</table>")
+    legend = ", ".join(f"{w} = {k}" for k, (w, _) in VERDICT_STYLE.items())
+    out.append(f'<p class="muted">Each entry: verdict, score [CI] from the check\'s verdict row ({_e(legend)}); '
+               '"error": the cell failed (see below); "n/a": the method does not apply to the model.</p>')
+    return "".join(out)
+
+
+def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path) -> str:
+    rows = store.rows(flatten=True)
+    methods = sc.methods + sc.baselines
+    out = []
+    for c in sc.checks:
+        info = check_info.get(c, {})
+        crow = [r for r in rows if r["check"] == c]
+        out.append(f'<h2 id="check-{_e(c)}">{_e(c)}</h2>')
+        meta = []
+        if info.get("version"):
+            meta.append(f"version {_e(info['version'])}")
+        if info.get("kind"):
+            meta.append(f"kind {_e(info['kind'])}")
+        if info.get("citation"):
+            meta.append(_e(info["citation"]))
+        if meta:
+            out.append(f'<p class="muted">{" · ".join(meta)}</p>')
+        if info.get("description"):
+            out.append(f'<div class="desc">{_e(info["description"])}</div>')
+        if info.get("defaults"):
+            out.append(f'<p class="muted">defaults: {_e(json.dumps(info["defaults"], sort_keys=True))}</p>')
+        if not crow:
+            out.append("<p class=muted>No result rows.</p>")
+            continue
+        images: list[tuple[str, bytes]] = []
+        notes: list[str] = []
+        for title, make in (("verdict scores with CI", lambda: figs.verdict_figure(crow, methods)),
+                            ("metrics", lambda: figs.metric_figure(crow, methods))):
+            try:
+                f = make()
+                if f is not None:
+                    images.append((title, figs.png(f)))
+            except Exception as e:   # a figure must never lose the report
+                notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
+        try:
+            images += [(t, figs.png(f)) for t, f in figs.curve_figures(crow, methods)]
+        except Exception as e:
+            notes.append(f"curve figure failed: {type(e).__name__}: {e}")
+        hook = _figure_hook(c)
+        if hook is not None:
+            try:
+                for title, f in hook(crow, str(run_dir / "artifacts")) or []:
+                    images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f)))
+            except Exception as e:
+                notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
+        out += [_img(t, d) for t, d in images]
+        out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
+    return "".join(out)
+
+
+def _figure_hook(check: str):
+    try:
+        from xaudit.checks import CHECKS
+
+        cls = CHECKS.get(check)
+    except Exception:
+        return None
+    fn = getattr(cls, "figures", None)
+    return getattr(cls(), "figures") if callable(fn) else None
+
+
+def _models_html(models: list[dict]) -> str:
+    if not models:
+        return "<p class=muted>No models prepared.</p>"
+    keys = ("clean_accuracy", "train_accuracy", "attack_success_rate", "background_only_accuracy", "bug_took")
+    out = ["<table><tr><th>model</th><th>key</th><th>status</th><th>prepare s</th>"
+           + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"]
+    for m in models:
+        card = m.get("card") or {}
+        vals = "".join(f"<td>{_e(_fmt(card.get(k)))}</td>" for k in keys)
+        err = f"<br><span class=lab>{_e(m.get('error'))}</span>" if m.get("error") else ""
+        out.append(f"<tr><td>{_e(m['label'])}</td><td><code>{_e(m['key'])}</code></td><td>{_e(m['status'])}{err}"
+                   f"</td><td>{_e(_fmt(m.get('seconds')))}</td>{vals}</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return "" if v is None else str(v)
+
+
+def _cells_html(cells: list[dict]) -> str:
+    failed = [c for c in cells if c["status"] == "failed"]
+    na = [c for c in cells if c["status"] == "not_applicable"]
+    pending = [c for c in cells if c["status"] in ("pending", "running")]
+    out = [f"<h2>Failed cells ({len(failed)})</h2>"]
+    if not failed:
+        out.append("<p class=muted>None.</p>")
+    for c in failed:
+        out.append(f"<details><summary><b>{_e(c['check_name'])}</b> / {_e(c['method'])} / {_e(c['model_group'])}"
+                   f"@{_e(c['world'])} / seed {_e(c['seed'])}: {_e(c['error'])}</summary>"
+                   f"<pre>{_e(c['traceback'] or c['error'])}</pre><p class=muted>cell {_e(c['key'])}, "
+                   f"attempts {_e(c['attempts'])}</p></details>")
+    if na:
+        out.append(f"<h2>Not applicable ({len(na)})</h2><table><tr><th>check</th><th>method</th><th>model</th>"
+                   "<th>reason</th></tr>")
+        for c in na:
+            out.append(f"<tr><td>{_e(c['check_name'])}</td><td>{_e(c['method'])}</td><td>{_e(c['model_group'])}@"
+                       f"{_e(c['world'])}</td><td>{_e(c['error'])}</td></tr>")
+        out.append("</table>")
+    if pending:
+        out.append(f"<h2>Unfinished cells ({len(pending)})</h2><p>The run stopped before these cells finished; "
+                   "run the same command again to resume.</p>")
+    return "".join(out)
+
+
+def _config_html(runs: list[dict]) -> str:
+    if not runs:
+        return ""
+    last = runs[-1]
+    out = ["<h2>Run configuration</h2>", f"<pre>{_e(json.dumps(last.get('preset'), indent=2, sort_keys=True))}</pre>",
+           "<h3>Versions</h3><table>"]
+    for k, v in (last.get("versions") or {}).items():
+        out.append(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>")
+    out.append("</table><h3>Invocations</h3><table><tr><th>#</th><th>started</th><th>finished</th><th>status</th>"
+               "<th>workers</th><th>cells in plan</th></tr>")
+    for r in runs:
+        out.append(f"<tr><td>{r['id']}</td><td>{_e(_when(r['started_at']))}</td><td>{_e(_when(r['finished_at']))}"
+                   f"</td><td>{_e(r['status'])}</td><td>{_e(r['workers'])}</td><td>{_e(r['plan_cells'])}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _when(t: float | None) -> str:
+    return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def render(store: Store, run_dir: Path) -> str:
+    sc = scorecard(store)
+    runs = store.runs()
+    cells = store.cells(active_only=True)
+    check_info: dict[str, dict] = {}
+    for r in runs:
+        for c in r.get("checks") or []:
+            if isinstance(c, dict) and "name" in c:
+                check_info[c["name"]] = c
+    counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "failed", "not_applicable", "pending")}
+    counts["pending"] += sum(c["status"] == "running" for c in cells)
+    secs = sum(c["seconds"] or 0 for c in cells)
+    title = f"xaudit report: {sc.run}"
+    desc = (runs[-1].get("preset") or {}).get("description", "") if runs else ""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
+             f"</head><body><h1>{_e(title)}</h1>",
+             f"<p>{_e(desc)}</p>" if desc else "",
+             f"<p>{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['not_applicable']} "
+             f"not applicable, {counts['pending']} unfinished · {secs:.1f} s of cell time · written "
+             f"{_e(_when(time.time()))}</p>",
+             "<p>" + " · ".join(f'<a href="#check-{_e(c)}">{_e(c)}</a>' for c in sc.checks) + "</p>",
+             "<h2>Scorecard</h2>", _scorecard_html(sc),
+             _check_sections(store, sc, check_info, run_dir),
+             "<h2>Models</h2>", _models_html(store.models()),
+             _cells_html(cells), _config_html(runs), "</body></html>"]
+    return "".join(parts)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)write ``<run_dir>/report.html`` from the run's store; returns its path."""
+    db = find_db(run_dir)
+    with Store(db, readonly=True) as store:
+        text = render(store, db.parent)
+    path = db.parent / REPORT_NAME
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,143 @@
+"""The scorecard: methods as rows (baselines in their own block), checks as columns; each entry is
+the verdict with its score and CI from the check's verdict rows, or the cell status (error, n/a,
+pending) where there is no verdict. Computed from the store only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from xaudit.run.store import Store
+
+BASELINE_FAMILIES = ("baseline", "baselines")
+VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "inconclusive": ("?", "yellow")}
+STATUS_TEXT = {"failed": "error", "not_applicable": "n/a", "pending": "pending", "running": "pending",
+               "done": "no verdict"}
+
+
+@dataclass
+class Entry:
+    """One verdict row (or one cell status where the cell has no verdict row)."""
+    world: str
+    model: str
+    seed: int | None
+    verdict: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    status: str = "done"
+
+    def score(self) -> str:
+        if self.value is None:
+            return ""
+        s = f"{self.value:.3g}"
+        if self.ci_low is not None and self.ci_high is not None:
+            s += f" [{self.ci_low:.3g}, {self.ci_high:.3g}]"
+        return s
+
+    def text(self) -> str:
+        if self.verdict is not None:
+            word = VERDICT_STYLE.get(str(self.verdict).lower(), (str(self.verdict),))[0]
+            return f"{word} {self.score()}".strip()
+        return STATUS_TEXT.get(self.status, self.status)
+
+
+@dataclass
+class Scorecard:
+    run: str
+    methods: list[str]                 # explanation methods, plan order
+    baselines: list[str]               # baseline methods, plan order
+    checks: list[str]
+    entries: dict[tuple[str, str], list[Entry]] = field(default_factory=dict)   # (method, check) -> entries
+    vary: tuple[str, ...] = ()         # which of world / model / seed differ between entries
+
+    def label(self, e: Entry) -> str:
+        parts = []
+        if "world" in self.vary:
+            parts.append(e.world)
+        if "model" in self.vary:
+            parts.append(e.model)
+        if "seed" in self.vary:
+            parts.append(f"s{e.seed}")
+        return "/".join(parts)
+
+    def lines(self, method: str, check: str) -> list[tuple[str, Entry]]:
+        return [(self.label(e), e) for e in self.entries.get((method, check), [])]
+
+
+def method_families(store: Store) -> dict[str, str]:
+    """Method name -> family, from the latest run's snapshot of xaudit.explain.describe()."""
+    fam: dict[str, str] = {}
+    for r in store.runs():
+        for m in r.get("methods") or []:
+            if isinstance(m, dict) and "name" in m:
+                fam[m["name"]] = str(m.get("family", ""))
+    return fam
+
+
+def scorecard(store: Store) -> Scorecard:
+    cells = store.cells(active_only=True)
+    rows = store.rows(flatten=False)
+    runs = store.runs()
+    run_name = runs[-1]["name"] if runs else ""
+    methods: list[str] = []
+    checks: list[str] = []
+    for c in cells:
+        if c["method"] not in methods:
+            methods.append(c["method"])
+        if c["check_name"] not in checks:
+            checks.append(c["check_name"])
+    fam = method_families(store)
+    baselines = [m for m in methods if fam.get(m, "").lower() in BASELINE_FAMILIES]
+    sc = Scorecard(run=run_name, methods=[m for m in methods if m not in baselines], baselines=baselines,
+                   checks=checks)
+    verdict_cells = set()
+    for r in rows:
+        if r["verdict"] is None:
+            continue
+        verdict_cells.add(r["cell"])
+        sc.entries.setdefault((r["method"], r["check"]), []).append(
+            Entry(world=r["world"], model=r["model"], seed=r["seed"], verdict=r["verdict"], metric=r["metric"],
+                  value=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"]))
+    for c in cells:
+        if c["key"] in verdict_cells:
+            continue
+        sc.entries.setdefault((c["method"], c["check_name"]), []).append(
+            Entry(world=c["world"], model=c["model_group"], seed=c["seed"], status=c["status"]))
+    allents = [e for es in sc.entries.values() for e in es]
+    sc.vary = tuple(k for k in ("world", "model", "seed") if len({getattr(e, k) for e in allents}) > 1)
+    return sc
+
+
+def render_terminal(sc: Scorecard, console=None) -> None:
+    """Print the scorecard as a rich table (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    t = Table(title=f"xaudit scorecard: {sc.run}", show_lines=True)
+    t.add_column("method", style="bold")
+    for c in sc.checks:
+        t.add_column(c)
+
+    def cell(method: str, check: str) -> Text:
+        out = Text()
+        for i, (label, e) in enumerate(sc.lines(method, check)):
+            if i:
+                out.append("\n")
+            if label:
+                out.append(f"{label}: ", style="dim")
+            style = VERDICT_STYLE.get(str(e.verdict).lower(), ("", "bold"))[1] if e.verdict else (
+                "red" if e.status == "failed" else "dim")
+            out.append(e.text(), style=style)
+        return out
+
+    for m in sc.methods:
+        t.add_row(m, *[cell(m, c) for c in sc.checks])
+    if sc.baselines:
+        t.add_section()
+        for m in sc.baselines:
+            t.add_row(Text(f"{m} (baseline)", style="italic"), *[cell(m, c) for c in sc.checks])
+    console.print(t)

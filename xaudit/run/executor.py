@@ -1,0 +1,286 @@
+"""Executors run a plan's tasks: first the models (each trained or loaded once), then the cells.
+
+The interface is small so a cluster executor (Ray) can sit behind it: ``Executor.run(models, cells,
+config, sink)`` runs every task and reports each start and each result to ``sink`` in the calling
+process (which writes the store). A cell is dispatched only once all of its models are ready; a
+model that fails to train fails its cells without running them.
+
+:class:`LocalExecutor` uses worker processes (the 'spawn' start method: safe with torch's thread
+pools) or, with one worker, runs everything in the calling process. :class:`Scheduler` holds the
+dispatch policy shared by executors: models first (the long tasks), then cells, each worker
+preferring cells of a model it already holds.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+from dataclasses import replace
+from typing import Protocol
+
+from xaudit.run.worker import (CellResult, CellTask, ModelResult, ModelTask, WorkerConfig, WorkerState,
+                               set_threads, worker_main)
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Sink(Protocol):
+    def model_started(self, key: str, worker: str) -> None: ...
+    def model_finished(self, result: ModelResult) -> None: ...
+    def cell_started(self, key: str, worker: str) -> None: ...
+    def cell_finished(self, result: CellResult) -> None: ...
+
+
+class Executor(Protocol):
+    workers: int
+
+    def run(self, models: list[ModelTask], cells: list[CellTask], config: WorkerConfig, sink: Sink) -> None:
+        """Run every task; call ``sink`` for each start and result, in the calling process."""
+        ...
+
+
+class Scheduler:
+    """Which task next, for which worker. Pure bookkeeping, no processes."""
+
+    def __init__(self, models: list[ModelTask], cells: list[CellTask], cores: int, workers: int):
+        self.cores, self.workers = cores, max(1, workers)
+        self.model_queue = list(models)
+        self.models_running: set[str] = set()
+        self.ready_models: set[str] = set()
+        self.failed_models: dict[str, str] = {}
+        need = {m.key for m in models}
+        self.waiting = [c for c in cells]
+        self.known_ready = lambda k: k not in need   # models not in this run's list are assumed ready
+        self.cells_running: dict[str, CellTask] = {}
+        self.finished = 0
+        self.total = len(models) + len(cells)
+
+    def done(self) -> bool:
+        return self.finished >= self.total
+
+    def _model_ok(self, key: str) -> bool:
+        return key in self.ready_models or self.known_ready(key)
+
+    def _runnable(self, c: CellTask) -> bool:
+        return all(self._model_ok(k) for _, _, k in c.models)
+
+    def next_task(self, held: set[str], busy_others: set[str]) -> ModelTask | CellTask | None:
+        """The next task for a worker holding models ``held``; ``busy_others``: primary models other
+        workers are on. Models first; then a cell of a held model; then one of a model nobody is on."""
+        if self.model_queue:
+            m = self.model_queue.pop(0)
+            self.models_running.add(m.key)
+            # threads: share the cores among the models being trained at once
+            training = min(self.workers, len(self.models_running) + len(self.model_queue))
+            return replace(m, threads=max(1, self.cores // max(1, training)))
+        best, best_rank = None, 3
+        for i, c in enumerate(self.waiting):
+            if not self._runnable(c):
+                continue
+            p = c.primary
+            rank = 0 if (p is None or p in held) else (1 if p not in busy_others else 2)
+            if rank < best_rank:
+                best, best_rank = i, rank
+                if rank == 0:
+                    break
+        if best is None:
+            return None
+        c = self.waiting.pop(best)
+        self.cells_running[c.key] = c
+        return c
+
+    def model_finished(self, res: ModelResult) -> list[CellResult]:
+        """Record a model; returns the failure results of cells that can no longer run."""
+        self.models_running.discard(res.key)
+        self.finished += 1
+        if res.status == "ok":
+            self.ready_models.add(res.key)
+            return []
+        self.failed_models[res.key] = res.error or "failed"
+        doomed = [c for c in self.waiting if any(k == res.key for _, _, k in c.models)]
+        self.waiting = [c for c in self.waiting if c not in doomed]
+        out = []
+        for c in doomed:
+            m = c.resolved[res.key]
+            out.append(CellResult(c.key, "failed", error=f"model {m.label} ({res.key}) could not be prepared: "
+                                                           f"{res.error}"))
+        return out
+
+    def cell_finished(self, key: str) -> None:
+        self.cells_running.pop(key, None)
+        self.finished += 1
+
+    def blocked(self) -> bool:
+        """Nothing runnable and nothing running: should not happen (a dependency was never scheduled)."""
+        return (not self.model_queue and not self.models_running and not self.cells_running
+                and self.waiting and not any(self._runnable(c) for c in self.waiting))
+
+
+def _skip_failed(sched: Scheduler, results: list[CellResult], sink: Sink) -> None:
+    for r in results:
+        sink.cell_finished(r)
+        sched.finished += 1
+
+
+class LocalExecutor:
+    """``workers`` processes on this machine (default: one per core); with workers=1 the tasks run
+    in the calling process (no start-up cost). Each worker gets cores // workers torch threads."""
+
+    def __init__(self, workers: int | None = None, *, start_method: str = "spawn", inline: bool | None = None):
+        self.cores = available_cores()
+        self.workers = max(1, int(workers or self.cores))
+        self.start_method = start_method
+        self.inline = (self.workers == 1) if inline is None else inline
+
+    def run(self, models: list[ModelTask], cells: list[CellTask], config: WorkerConfig, sink: Sink) -> None:
+        if not models and not cells:
+            return
+        if self.inline:
+            return self._run_inline(models, cells, config, sink)
+        return self._run_processes(models, cells, config, sink)
+
+    # -- in this process
+    def _run_inline(self, models, cells, config, sink) -> None:
+        import torch
+
+        before = torch.get_num_threads()
+        config = replace(config, threads=self.cores)
+        sched = Scheduler(models, cells, self.cores, 1)
+        state = WorkerState(config)
+        try:
+            while not sched.done():
+                task = sched.next_task(set(state.loaded), set())
+                if task is None:
+                    if sched.blocked():
+                        raise RuntimeError("scheduler blocked: cells wait on models that are not scheduled")
+                    break
+                if task.kind == "model":
+                    task = replace(task, threads=self.cores)
+                    sink.model_started(task.key, "main")
+                    res = state.prepare_model(task)
+                    sink.model_finished(res)
+                    _skip_failed(sched, sched.model_finished(res), sink)
+                else:
+                    sink.cell_started(task.key, "main")
+                    res = state.run_cell(task)
+                    sched.cell_finished(task.key)
+                    sink.cell_finished(res)
+        finally:
+            set_threads(before)
+
+    # -- in worker processes
+    def _run_processes(self, models, cells, config, sink) -> None:
+        ctx = mp.get_context(self.start_method)
+        n = max(1, min(self.workers, len(models) + len(cells)))
+        config = replace(config, threads=max(1, self.cores // n))
+        sched = Scheduler(models, cells, self.cores, n)
+        outbox = ctx.Queue()
+        procs: dict[int, object] = {}
+        inboxes: dict[int, object] = {}
+        ready: set[int] = set()
+        current: dict[int, ModelTask | CellTask | None] = {}
+        held: dict[int, set[str]] = {}
+        respawns = 0
+        next_wid = 0
+
+        def spawn() -> None:
+            nonlocal next_wid
+            wid = next_wid
+            next_wid += 1
+            inboxes[wid] = ctx.Queue()
+            p = ctx.Process(target=worker_main, args=(wid, inboxes[wid], outbox, config, os.getpid()),
+                            name=f"xaudit-worker-{wid}", daemon=True)
+            p.start()
+            procs[wid], current[wid], held[wid] = p, None, set()
+
+        def dispatch() -> None:
+            for wid in sorted(ready):
+                if current.get(wid) is not None:
+                    continue
+                busy = {t.primary for w, t in current.items() if w != wid and t is not None and t.kind == "cell"}
+                task = sched.next_task(held[wid], busy)
+                if task is None:
+                    return
+                current[wid] = task
+                inboxes[wid].put(task)
+
+        for _ in range(n):
+            spawn()
+        graceful = False
+        try:
+            while not sched.done():
+                dispatch()
+                try:
+                    msg = outbox.get(timeout=0.5)
+                except queue.Empty:
+                    msg = None
+                if msg is not None:
+                    kind, wid = msg[0], msg[1]
+                    if kind == "ready":
+                        ready.add(wid)
+                    elif kind == "init_failed":
+                        raise RuntimeError(f"worker {wid} failed to start: {msg[2]}\n{msg[3]}")
+                    elif kind == "start":
+                        (sink.model_started if msg[2] == "model" else sink.cell_started)(msg[3], f"w{wid}")
+                    elif kind == "result":
+                        task, res = current[wid], msg[4]
+                        current[wid] = None
+                        if msg[2] == "model":
+                            held[wid].add(res.key)
+                            sink.model_finished(res)
+                            _skip_failed(sched, sched.model_finished(res), sink)
+                        else:
+                            held[wid].update(k for _, _, k in task.models)
+                            sched.cell_finished(res.key)
+                            sink.cell_finished(res)
+                    continue
+                # no message: look for workers that died (killed, out of memory, segfault)
+                for wid, p in list(procs.items()):
+                    if p.is_alive():
+                        continue
+                    task = current.pop(wid, None)
+                    procs.pop(wid)
+                    ready.discard(wid)
+                    why = f"worker process exited with code {p.exitcode} (killed, crashed or out of memory)"
+                    if task is not None:
+                        if task.kind == "model":
+                            res = ModelResult(task.key, "failed", error=why)
+                            sink.model_finished(res)
+                            _skip_failed(sched, sched.model_finished(res), sink)
+                        else:
+                            sched.cell_finished(task.key)
+                            sink.cell_finished(CellResult(task.key, "failed", error=why))
+                    if not sched.done():
+                        respawns += 1
+                        if respawns > 2 * n + 2:
+                            raise RuntimeError(f"workers keep dying; last: {why}")
+                        spawn()
+                if not procs and not sched.done():
+                    raise RuntimeError("no worker processes left")
+                if sched.blocked():
+                    raise RuntimeError("scheduler blocked: cells wait on models that are not scheduled")
+            graceful = True
+        finally:
+            # on success workers are idle and exit on None; on an error or Ctrl-C stop them at once
+            for wid in list(procs):
+                try:
+                    inboxes[wid].put(None)
+                except Exception:
+                    pass
+            deadline = time.monotonic() + (5.0 if graceful else 0.0)
+            for p in procs.values():
+                p.join(timeout=max(0.05, deadline - time.monotonic()))
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=2.0)
+                if p.is_alive():
+                    p.kill()
+            outbox.close()
+            for q in inboxes.values():
+                q.close()

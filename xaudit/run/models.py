@@ -1,0 +1,93 @@
+"""Where the runner gets trained models: a *model source* resolves a model group on a world to a
+concrete, hashable spec at plan time, and loads (training if needed) that model in a worker.
+
+The default source is the zoo. On world W, model group G means the zoo spec G (or the preset's
+``specs: {G: ...}`` entry) trained on W: when the spec's own world is not W, the runner derives
+``{base: G, world: W}`` so one recipe (``clean``, ``random-labels``) serves every world. A spec
+named explicitly in ``specs`` must already train on W (else a ConfigError).
+
+Sources are named by import path (``module:attr``) so spawned workers can rebuild them.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from xaudit.core.errors import ConfigError, UnknownName
+
+DEFAULT_SOURCE = "xaudit.run.models:ZooSource"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """One concrete model of a plan."""
+    key: str           # unique in a plan; hashed into the keys of the cells that use it
+    label: str         # for people: "clean on digits, seed 0"
+    spec: Any          # what the source's load() takes: a spec name, a YAML path or a JSON-able dict
+    seed: int
+
+
+class ModelSource(Protocol):
+    def resolve(self, spec_ref: Any, seed: int, world: dict[str, Any], *, explicit: bool,
+                group: str) -> ResolvedModel: ...
+
+    def load(self, model: ResolvedModel, cache_dir: str | None) -> tuple[Any, dict[str, Any]]:
+        """(torch module in eval mode, card dict); trains and caches the model when needed."""
+        ...
+
+
+def load_source(path: str) -> ModelSource:
+    mod, _, attr = path.partition(":")
+    if not attr:
+        raise ConfigError("model_source", f"must be 'module:attr', got {path!r}")
+    obj = getattr(importlib.import_module(mod), attr)
+    return obj() if isinstance(obj, type) else obj
+
+
+def _world_label(world: dict[str, Any]) -> str:
+    return str(world.get("world", world.get("name", "?")))
+
+
+class ZooSource:
+    """Models from :mod:`xaudit.zoo` (content-addressed cache; trains on a miss)."""
+
+    def resolve(self, spec_ref: Any, seed: int, world: dict[str, Any], *, explicit: bool,
+                group: str) -> ResolvedModel:
+        from xaudit.zoo.spec import Spec, load_spec, raw_spec
+
+        try:
+            spec = load_spec(spec_ref, seed=seed)
+        except UnknownName as e:
+            raise ConfigError(f"models.{group}", f"{e}. Name a shipped spec, give a spec path in the "
+                                                 "world's `specs:` map, or register the spec with the zoo") from None
+        payload = spec_ref
+        if spec.world_config != world:
+            if explicit:
+                raise ConfigError(f"specs.{group}", f"spec {_short(spec_ref)} trains on world {spec.world_config} "
+                                                    f"but this preset world is {world}")
+            raw = raw_spec(spec_ref)
+            raw["world"] = {"name": world["world"], **{k: v for k, v in world.items() if k != "world"}}
+            raw["name"] = f"{raw.get('name', group)}@{world['world']}"
+            spec = Spec.from_raw(raw).with_seed(seed)
+            if spec.world_config != world:
+                raise ConfigError(f"models.{group}", f"could not retarget spec {_short(spec_ref)} to world {world}: "
+                                                     f"it resolves to {spec.world_config}")
+            payload = spec.to_dict()
+        return ResolvedModel(key=spec.hash, label=f"{group} on {_world_label(world)}, seed {seed}",
+                             spec=payload, seed=seed)
+
+    def load(self, model: ResolvedModel, cache_dir: str | None) -> tuple[Any, dict[str, Any]]:
+        from xaudit.zoo import load_or_train
+
+        trained = load_or_train(model.spec, seed=model.seed, cache_dir=cache_dir)
+        card = trained.card
+        card = card.to_dict() if hasattr(card, "to_dict") else dict(card)
+        return trained.model.eval(), card
+
+
+def _short(spec_ref: Any) -> str:
+    if isinstance(spec_ref, dict):
+        return json.dumps(spec_ref, sort_keys=True)[:80]
+    return repr(spec_ref)

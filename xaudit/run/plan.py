@@ -1,0 +1,261 @@
+"""The plan: a preset expanded into cells (check x method x model group x world x seed).
+
+A cell's key is the sha256 of its canonical configuration: check name and version, the check's
+parameters (defaults merged with the preset's), method and method parameters, model group,
+world config, seed and the identities (spec hashes) of every model it uses. The same
+configuration always gets the same key, so a finished cell is found again and never recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from xaudit.core.errors import ConfigError, UnknownName
+from xaudit.run.models import DEFAULT_SOURCE, ModelSource, ResolvedModel, load_source
+from xaudit.run.preset import ALL, Preset, WorldEntry
+
+CELL_SCHEMA = 1  # bump when the meaning of a cell key changes
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (tuple, set, frozenset)):
+        return sorted(o) if isinstance(o, (set, frozenset)) else list(o)
+    if hasattr(o, "item") and callable(o.item):     # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"cannot serialize {type(o).__name__} in a cell configuration")
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, no NaN (NaN has no canonical form)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                      default=_jsonable)
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    ordinal: int                          # position in the plan (stable for a preset)
+    check: str
+    check_version: str
+    method: str
+    method_params: dict[str, Any]
+    model_group: str
+    world: dict[str, Any]                 # canonical world config ({"world": name, "size": ..., ...})
+    seed: int
+    params: dict[str, Any]
+    models: tuple[tuple[str, int, str], ...]   # (model group alias, seed, ResolvedModel.key) per ModelRef
+    config: dict[str, Any] = field(compare=False, repr=False)   # what the key hashes
+
+    @property
+    def primary(self) -> str | None:
+        """The key of the cell's first model (workers keep it loaded across cells)."""
+        return self.models[0][2] if self.models else None
+
+    @property
+    def world_name(self) -> str:
+        return str(self.world.get("world"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.check} / {self.method} / {self.model_group}@{self.world_name} / seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    preset: Preset
+    cells: list[Cell]
+    models: dict[str, ResolvedModel]
+    checks: list[str]
+    methods: list[str]
+    source: str = DEFAULT_SOURCE
+
+    def models_for(self, cells: list[Cell]) -> list[ResolvedModel]:
+        """The models those cells need, in first-use order."""
+        keys: dict[str, None] = {}
+        for c in cells:
+            for _, _, k in c.models:
+                keys.setdefault(k)
+        return [self.models[k] for k in keys]
+
+
+def import_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the modules that register checks/methods (also done in every worker)."""
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise ConfigError("plugins", f"cannot import plugin module {m!r}: {e}") from None
+
+
+def _explain():
+    """xaudit.explain, or None while that stage is not importable (method names are then unchecked)."""
+    try:
+        return importlib.import_module("xaudit.explain")
+    except ImportError:
+        return None
+
+
+def resolve_checks(preset: Preset) -> list[tuple[str, dict[str, Any], tuple[str, ...] | None]]:
+    """[(check name, merged params, model groups or None)] with `all` expanded."""
+    from xaudit.checks import CHECKS
+
+    explicit = {e.name: e for e in preset.checks if e.name != ALL}
+    names: list[str] = []
+    for e in preset.checks:
+        if e.name == ALL:
+            names += [n for n in CHECKS.names() if n not in names]
+        elif e.name not in names:
+            names.append(e.name)
+    out = []
+    for n in names:
+        if n not in CHECKS:
+            raise UnknownName("check", n, CHECKS.names())
+        cls = CHECKS.get(n)
+        e = explicit.get(n)
+        given = dict(e.params) if e else {}
+        allowed = dict(getattr(cls, "defaults", {}) or {})
+        bad = [k for k in given if k not in allowed]
+        if bad:
+            raise ConfigError(f"checks.{n}.params.{bad[0]}",
+                              f"unknown parameter; allowed: {', '.join(allowed) or '(none)'}")
+        out.append((n, {**allowed, **given}, e.models if e else None))
+    return out
+
+
+def resolve_methods(preset: Preset) -> list[tuple[str, dict[str, Any]]]:
+    """[(method name, params)] with `all` expanded and names checked against xaudit.explain."""
+    explain = _explain()
+    registered = list(explain.names()) if explain is not None else None
+    if any(e.name == ALL for e in preset.methods) and registered is None:
+        raise ConfigError("methods", "'all' needs the xaudit.explain registry, which failed to import; "
+                                     "list the methods by name")
+    explicit = {e.name: e for e in preset.methods if e.name != ALL}
+    names: list[str] = []
+    for e in preset.methods:
+        if e.name == ALL:
+            names += [n for n in registered if n not in names]
+        elif e.name not in names:
+            names.append(e.name)
+    out = []
+    for n in names:
+        if registered is not None and n not in registered:
+            raise UnknownName("method", n, registered)
+        params = dict(explicit[n].params) if n in explicit else {}
+        if explain is not None and params:
+            try:
+                explain.get(n, **params)
+            except TypeError as e:
+                raise ConfigError(f"methods.{n}", f"bad parameters {params}: {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"methods.{n}.{e.field}", str(e).split(": ", 1)[-1]) from None
+        out.append((n, params))
+    return out
+
+
+def world_config(entry: WorldEntry, index: int) -> dict[str, Any]:
+    """The world's canonical config (its own ``config()``), validated by instantiating it."""
+    from xaudit import world as world_mod
+
+    cfg = dict(entry.config)
+    name = cfg.pop("world")
+    fld = f"worlds[{index}]"
+    try:
+        w = world_mod.get(name, **cfg)
+    except UnknownName as e:
+        raise ConfigError(f"{fld}.world", str(e)) from None
+    except ConfigError as e:
+        raise ConfigError(f"{fld}.{e.field}", str(e).split(": ", 1)[-1]) from None
+    except TypeError as e:
+        raise ConfigError(fld, f"bad parameters for world {name!r}: {e}") from None
+    return dict(w.config())    # the world's own statement of what determines its samples
+
+
+def _subset(kind: str, want: str | list[str] | None, have: list[str], preset: str) -> list[str]:
+    if want is None:
+        return have
+    if isinstance(want, str):
+        want = [w.strip() for w in want.split(",") if w.strip()]
+    for w in want:
+        if w not in have:
+            raise ConfigError(f"--{kind}", f"{w!r} is not in preset {preset!r}; its {kind}: {', '.join(have)}")
+    return [h for h in have if h in want]
+
+
+def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks: str | list[str] | None = None,
+               source: str | None = None) -> Plan:
+    """Expand ``preset`` into cells. ``methods``/``checks`` (comma-separated or lists) keep a subset.
+
+    ``source`` names the model source (``module:attr``; default the zoo).
+    """
+    import xaudit.checks as checks_mod
+
+    import_plugins(preset.plugins)
+    source = source or DEFAULT_SOURCE
+    src: ModelSource = load_source(source)
+    check_list = resolve_checks(preset)
+    method_list = resolve_methods(preset)
+    keep_checks = _subset("checks", checks, [c for c, _, _ in check_list], preset.name)
+    keep_methods = _subset("methods", methods, [m for m, _ in method_list], preset.name)
+    check_list = [c for c in check_list if c[0] in keep_checks]
+    method_list = [m for m in method_list if m[0] in keep_methods]
+
+    cells: list[Cell] = []
+    models: dict[str, ResolvedModel] = {}
+    resolved: dict[str, ResolvedModel] = {}
+    for wi, wentry in enumerate(preset.worlds):
+        wcfg = world_config(wentry, wi)
+        for cname, params, groups in check_list:
+            check = checks_mod.get(cname)
+            only_worlds = getattr(check, "worlds", None)
+            if only_worlds and wcfg["world"] not in only_worlds:
+                continue
+            groups = groups or tuple(getattr(check, "model_groups", None) or ()) or wentry.models
+            for group in groups:
+                for seed in preset.seeds:
+                    refs = check.models(params, group, seed)
+                    used = []
+                    for ref in refs:
+                        spec_ref = wentry.spec_for(ref.spec)
+                        memo = canonical_json([spec_ref, ref.seed, wcfg])
+                        if memo not in resolved:
+                            resolved[memo] = src.resolve(spec_ref, int(ref.seed), wcfg,
+                                                         explicit=ref.spec in wentry.specs, group=ref.spec)
+                        rm = resolved[memo]
+                        models[rm.key] = rm
+                        used.append((ref.spec, int(ref.seed), rm.key))
+                    used_t = tuple(dict.fromkeys(used))
+                    for mname, mparams in method_list:
+                        config = {"schema": CELL_SCHEMA, "check": cname, "check_version": str(check.version),
+                                  "params": params, "method": mname, "method_params": mparams,
+                                  "model_group": group, "world": wcfg, "seed": seed,
+                                  "models": [[a, s, k] for a, s, k in used_t]}
+                        try:
+                            key = cell_key(config)
+                        except (TypeError, ValueError) as e:
+                            raise ConfigError(f"checks.{cname}.params", f"must be plain JSON values: {e}") from None
+                        cells.append(Cell(key=key, ordinal=len(cells), check=cname, check_version=str(check.version),
+                                          method=mname, method_params=dict(mparams), model_group=group,
+                                          world=wcfg, seed=seed, params=dict(params), models=used_t,
+                                          config=json.loads(canonical_json(config))))
+    if not cells:
+        raise ConfigError("checks", f"preset {preset.name!r} expands to no cells (checks {keep_checks}, "
+                                    f"methods {keep_methods}, {len(preset.worlds)} worlds)")
+    dup = len(cells) - len({c.key for c in cells})
+    if dup:
+        raise ConfigError("worlds", f"{dup} cells of preset {preset.name!r} have identical configurations")
+    return Plan(preset=preset, cells=cells, models=models, checks=keep_checks, methods=keep_methods,
+                source=source)
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
