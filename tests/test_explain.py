@@ -209,6 +209,8 @@ def test_every_method_meets_the_contract(name, model, x, target):
 def test_int_target_and_batch_of_one(model, x):
     a = E.get("saliency")(model, x, 2)
     assert torch.allclose(a, autograd_gradient(model, x, torch.full((4,), 2)), atol=1e-6)
+    assert torch.equal(E.get("saliency")(model, x, np.int64(2)), a)
+    assert torch.equal(E.get("saliency")(model, x, [2, 2, 2, 2]), a)
     one = E.get("integrated_gradients", steps=4)(model, x[:1], torch.tensor([3]))
     assert one.shape == (1, C, S, S)
 
@@ -423,6 +425,7 @@ def test_perturbation_methods_are_exact_on_a_linear_model(x, target):
 
 def test_feature_ablation_equals_hand_ablation(model, x, target):
     a = E.get("feature_ablation", patch_px=8)(model, x, target)
+    assert torch.allclose(a, E.get("feature_ablation", patch_px=8, internal_batch=3)(model, x, target), atol=1e-6)
     full = logit(model, x, target)
     for i in range(2):
         for j in range(2):
@@ -433,7 +436,7 @@ def test_feature_ablation_equals_hand_ablation(model, x, target):
 
 
 def test_shapley_sampling_is_efficient(model, x, target):
-    a = E.get("shapley_value_sampling", samples=3, patch_px=8)(model, x, target)
+    a = E.get("shapley_value_sampling", samples=3, patch_px=8, internal_batch=3)(model, x, target)
     phi = a[:, 0, ::8, ::8].flatten(1).sum(1)  # one value per patch
     gap = logit(model, x, target) - logit(model, torch.zeros_like(x), target)
     assert torch.allclose(phi, gap, atol=1e-4)
@@ -558,8 +561,9 @@ def test_user_registered_method_runs_through_the_registry(model, x, target):
         processed = E.explain(model, x, target, "test_scaled_gradient", post="abs")
         assert processed.shape == (4, 1, S, S)
         assert torch.allclose(processed, E.abs_map(3 * autograd_gradient(model, x, target)), atol=1e-6)
+        assert E.info("test_nan_on_second").params == {"seed": 0}  # added for stochastic methods
         with pytest.raises(ExplanationFailed, match="NaN") as e:
-            E.get("test_nan_on_second")(model, x, target)
+            E.get("test_nan_on_second", seed=3)(model, x, target)
         assert e.value.field == "map" and e.value.indices == [1]
         assert torch.isfinite(e.value.maps[[0, 2, 3]]).all()
         with pytest.raises(ValueError, match="already registered"):

@@ -8,7 +8,6 @@ is declared not applicable by the LRP check, which cannot be verified otherwise.
 """
 from __future__ import annotations
 
-import operator
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field

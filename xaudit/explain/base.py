@@ -29,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import numbers
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from xaudit.core.maps import abs_map, signed_map, zero_one_map
 from xaudit.core.errors import ConfigError, NotApplicable, UnknownName, XauditError, check_range
+from xaudit.core.maps import abs_map, signed_map, zero_one_map
 from xaudit.core.registry import Registry
 from xaudit.core.rng import generator as make_generator
 
@@ -169,10 +170,12 @@ def check_inputs(method: str, x: torch.Tensor, target) -> torch.Tensor:
         raise ExplanationFailed(method, "x", "values must be finite and in [0, 1] (images, not normalized "
                                 "tensors: normalization belongs to the model)", bad)
     n = x.shape[0]
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
+    if isinstance(target, (list, tuple)):
+        target = torch.as_tensor(target)
+    if isinstance(target, bool) or not isinstance(target, (numbers.Integral, torch.Tensor)):
         raise ExplanationFailed(method, "target", f"must be an int or an int64 tensor [N], got {type(target).__name__}")
-    if isinstance(target, int):
-        target = torch.full((n,), target, dtype=torch.int64, device=x.device)
+    if isinstance(target, numbers.Integral):
+        target = torch.full((n,), int(target), dtype=torch.int64, device=x.device)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ExplanationFailed(method, "target", f"must be an integer tensor, got dtype {target.dtype}")
     if target.ndim == 0:
@@ -246,7 +249,9 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
 
     - ``params``: parameter defaults; if omitted, the keyword defaults of ``fn``'s signature.
     - ``stochastic=True``: ``fn`` also receives ``generator=`` (a ``torch.Generator``, on the CPU
-      unless the caller passes one on another device) and must draw every random number from it.
+      unless the caller passes one on another device) and must draw every random number from it;
+      a ``seed`` parameter (default 0) is added, from which the generator is made when the caller
+      passes none.
     - ``passes``: model passes per image, as a number (forward = backward), a ``(forward, backward)``
       pair, or ``callable(params, (C, H, W)) -> (forward, backward)``; None when unknown.
     - ``validate(params)``: optional; raises ConfigError for bad parameter values.
@@ -267,6 +272,8 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
         defaults = dict(params) if params is not None else {
             p.name: p.default for p in inspect.signature(fn).parameters.values()
             if p.default is not inspect.Parameter.empty and p.name != "generator"}
+        if stochastic:
+            defaults.setdefault("seed", 0)  # every stochastic method can be re-seeded by parameter
         doc = inspect.getdoc(fn) or ""
         info = MethodInfo(name=key, fn=fn, family=family, stochastic=bool(stochastic), params=defaults,
                           passes=_as_passes(passes), description=doc.split("\n\n")[0].replace("\n", " "),

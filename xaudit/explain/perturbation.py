@@ -26,7 +26,7 @@ from captum.attr import FeatureAblation, KernelShap, Lime, Occlusion, ShapleyVal
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 
 from xaudit.core.errors import ConfigError, check_choice, check_range
-from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, check_int, check_internal_batch, register
+from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, check_int, check_internal_batch, chunked, register
 
 IB = DEFAULT_INTERNAL_BATCH
 FEATURES = ("patch", "slic")
@@ -68,9 +68,14 @@ def n_features(shape: tuple[int, int, int], p: dict[str, Any]) -> int:
     return p["n_segments"]
 
 
-def _per_eval(n: int, internal_batch: int) -> int:
-    """Perturbations per model call when Captum perturbs the whole batch at once."""
-    return max(1, internal_batch // n)
+def _batched(x, target, internal_batch: int, run):
+    """Captum perturbs a whole batch at once (``perturbations_per_eval`` copies per model call): run
+    ``run(x_chunk, target_chunk, per_eval)`` on chunks of at most internal_batch images, with as many
+    perturbations per call as keep a call within internal_batch images."""
+    rows = min(len(x), internal_batch)
+    per_eval = max(1, internal_batch // rows)
+    with torch.no_grad():
+        return chunked(lambda xc, tc: run(xc, tc, per_eval), x, target, rows)
 
 
 def _check_features(p: dict[str, Any]) -> None:
@@ -110,10 +115,10 @@ def occlusion(model, x, target, window_px=4, stride_px=2, baseline=0.0, internal
     c, h, w = x.shape[1:]
     if window_px > min(h, w):
         raise ConfigError("window_px", f"must be <= the image size {min(h, w)}, got {window_px}")
-    with torch.no_grad():
-        return Occlusion(model).attribute(x, sliding_window_shapes=(c, window_px, window_px),
-                                          strides=(c, stride_px, stride_px), baselines=float(baseline),
-                                          target=target, perturbations_per_eval=_per_eval(len(x), internal_batch))
+    occ = Occlusion(model)
+    return _batched(x, target, internal_batch, lambda xc, tc, k: occ.attribute(
+        xc, sliding_window_shapes=(c, window_px, window_px), strides=(c, stride_px, stride_px),
+        baselines=float(baseline), target=tc, perturbations_per_eval=k))
 
 
 @register("feature_ablation", family="perturbation", params={**FEATURE_PARAMS, "internal_batch": IB},
@@ -122,10 +127,10 @@ def feature_ablation(model, x, target, features="patch", patch_px=4, n_segments=
                      internal_batch=IB):
     """Feature ablation (Captum): the drop of the target logit when one feature (a patch or superpixel,
     all channels) is set to ``baseline``."""
-    mask = feature_mask(x, features, patch_px, n_segments)
-    with torch.no_grad():
-        return FeatureAblation(model).attribute(x, baselines=float(baseline), target=target, feature_mask=mask,
-                                                perturbations_per_eval=_per_eval(len(x), internal_batch))
+    fa = FeatureAblation(model)
+    return _batched(x, target, internal_batch, lambda xc, tc, k: fa.attribute(
+        xc, baselines=float(baseline), target=tc, feature_mask=feature_mask(xc, features, patch_px, n_segments),
+        perturbations_per_eval=k))
 
 
 # ------------------------------------------------------------------------------ shapley sampling
@@ -141,9 +146,8 @@ def _check_svs(p: dict[str, Any]) -> None:
 def shapley_value_sampling(model, x, target, features="patch", patch_px=4, n_segments=64, baseline=0.0,
                            samples=4, internal_batch=IB, *, generator):
     """Shapley value sampling (Captum): each feature's mean marginal contribution over ``samples``
-    random orderings of the features (one ordering shared by the batch; 4 orderings of 64 patches cost
-    257 forward passes per image, the budget of lime and kernel_shap)."""
-    mask = feature_mask(x, features, patch_px, n_segments)
+    random orderings of the features (orderings shared by the images of a chunk; 4 orderings of 64
+    patches cost 257 forward passes per image, the budget of lime and kernel_shap)."""
     svs = ShapleyValueSampling(model)
 
     def orderings(num_features: int, num_samples: int):
@@ -151,9 +155,9 @@ def shapley_value_sampling(model, x, target, features="patch", patch_px=4, n_seg
             yield torch.randperm(num_features, generator=generator, device=generator.device).tolist()
 
     svs.permutation_generator = orderings  # Captum's own hook point; its default uses the global RNG
-    with torch.no_grad():
-        return svs.attribute(x, baselines=float(baseline), target=target, feature_mask=mask, n_samples=samples,
-                             perturbations_per_eval=_per_eval(len(x), internal_batch))
+    return _batched(x, target, internal_batch, lambda xc, tc, k: svs.attribute(
+        xc, baselines=float(baseline), target=tc, feature_mask=feature_mask(xc, features, patch_px, n_segments),
+        n_samples=samples, perturbations_per_eval=k))
 
 
 # ---------------------------------------------------------------------------- LIME / KernelSHAP
