@@ -6,8 +6,9 @@ Every function takes a raw attribution ``[N, C, H, W]`` (any float dtype, any de
 Percentiles are numpy's default ("linear" interpolation between order statistics,
 ``np.percentile(x, q)``), computed per image over its H*W pixels.
 
-Degenerate maps are defined, never NaN: a map whose values are all equal becomes all zeros (a constant
-map carries no ranking, and the similarity measures then report it as ``constant_*`` with NaN).
+Degenerate maps are defined, never NaN: under abs and 0-1 a map whose values are all equal becomes all
+zeros; under signed an all-zero map stays zeros and a constant nonzero map becomes +-1. A constant map
+carries no ranking: the similarity measures report it as NaN with reason ``constant_*``.
 An image with a non-finite value (NaN, inf) gives an all-NaN map, so that measures downstream mark it
 ``nonfinite_input`` instead of scoring garbage.
 """

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -116,3 +117,19 @@ def chunks(n: int, per_item: int, budget: int = 1 << 22):
     step = max(1, budget // max(1, per_item))
     for i in range(0, n, step):
         yield slice(i, min(n, i + step))
+
+
+def run_blocks(fn: Callable[[slice], None], n: int, rows: int, workers: int | None = None) -> None:
+    """Call ``fn(block)`` for row blocks of ``rows`` rows covering ``range(n)``, on up to ``workers``
+    threads (default: torch's intra-op thread count). The CPU kernels are numpy on small blocks that stay
+    in cache; numpy releases the GIL in them, and many small tasks keep both cores busy even when other
+    processes compete for them (no barrier waits, unlike one big multi-threaded op)."""
+    blocks = [slice(i, min(n, i + rows)) for i in range(0, n, max(1, rows))]
+    workers = min(len(blocks), workers or torch.get_num_threads())
+    if workers <= 1:
+        for blk in blocks:
+            fn(blk)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, blocks):
+            pass

@@ -15,38 +15,43 @@ import torch
 __all__ = ["rankdata", "twice_ranks"]
 
 
-def _twice_ranks_numpy(x: np.ndarray) -> np.ndarray:
+def _twice_ranks_numpy(x: np.ndarray, out_dtype=np.int64) -> np.ndarray:
     b, p = x.shape
-    if x.dtype == np.float32:
-        # Sort one int64 key per value: the float's order-preserving int32 image in the high bits, the
-        # column in the low bits. One value sort then yields both sorted values and the permutation.
+    n = b * p
+    if x.dtype == np.float32 and p < (1 << 31):
+        # One int64 key per value: the float's order-preserving int32 image in the high word, the column
+        # in the low word. Sorting the keys (numpy's SIMD sort) yields sorted values and permutation.
         bits = (x + np.float32(0.0)).view(np.int32)          # + 0.0 turns -0.0 into +0.0 (they tie)
-        key32 = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
-        nb = max(1, (p - 1).bit_length())
-        key = (key32.astype(np.int64) << nb) | np.arange(p, dtype=np.int64)
+        key = np.empty((b, p), dtype=np.int64)
+        words = key.view(np.int32).reshape(b, p, 2)          # little endian: [..., 0] low, [..., 1] high
+        if bits.min() >= 0:                                  # no negative values: bits already ordered
+            words[..., 1] = bits
+        else:
+            np.bitwise_xor(bits, (bits >> 31) & np.int32(0x7FFFFFFF), out=words[..., 1])
+        words[..., 0] = np.arange(p, dtype=np.int32)
         key.sort(axis=1)
-        perm = key & ((1 << nb) - 1)
-        vals = key >> nb
+        perm = words[..., 0]
+        vals = words[..., 1]
     else:
         perm = np.argsort(x, axis=1)                         # tie order is irrelevant for average ranks
         vals = np.take_along_axis(x, perm, axis=1)
-    j = np.arange(p, dtype=np.int64)
-    twice = np.broadcast_to(2 * j + 2, (b, p)).copy()
-    new = np.empty((b, p), dtype=bool)
+    new = np.empty((b, p), dtype=bool)                       # True where a run of equal values starts
     new[:, 0] = True
     np.not_equal(vals[:, 1:], vals[:, :-1], out=new[:, 1:])
-    tied = ~new.all(axis=1)
-    if tied.any():                                           # only rows with ties need group bounds
-        nt = new[tied]
-        start = np.maximum.accumulate(np.where(nt, j, 0), axis=1)
-        last = np.empty_like(nt)
-        last[:, :-1] = nt[:, 1:]
-        last[:, -1] = True
-        end = np.minimum.accumulate(np.where(last, j, p)[:, ::-1], axis=1)[:, ::-1]
-        twice[tied] = start + end + 2
-    out = np.empty((b, p), dtype=np.int64)
-    rows = (np.arange(b, dtype=np.int64) * p)[:, None]
-    out.reshape(-1)[(perm + rows).reshape(-1)] = twice.reshape(-1)
+    starts = np.flatnonzero(new)                             # runs never cross rows (new[:, 0] is True)
+    if starts.size == n:                                     # no ties at all: rank = position + 1
+        twice = np.broadcast_to(np.arange(2, 2 * p + 2, 2, dtype=out_dtype), (b, p))
+    else:
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1] = n
+        row0 = (starts // p) * p
+        # doubled average rank of a run [s, e): (s - row0 + 1) + (e - 1 - row0 + 1)
+        run_value = (starts + ends - 2 * row0 + 1).astype(out_dtype)
+        twice = np.repeat(run_value, ends - starts).reshape(b, p)
+    out = np.empty((b, p), dtype=out_dtype)
+    flat_index = perm + (np.arange(b, dtype=np.int64) * p)[:, None]
+    out.reshape(-1)[flat_index.reshape(-1)] = twice.reshape(-1)
     return out
 
 

@@ -14,13 +14,14 @@ import torch
 
 from xaudit.core.errors import ConfigError, check_choice, check_range
 from xaudit.metrics._base import (MEASURES, as_map_batch, as_pair, chunks, code, correlation_codes, finish,
-                                  is_constant)
-from xaudit.metrics.ranks import twice_ranks
+                                  is_constant, run_blocks)
+from xaudit.metrics.ranks import _twice_ranks_numpy, twice_ranks
 
 __all__ = ["spearman", "pearson", "ssim", "hog", "hog_similarity", "hog_pixels_per_cell",
            "top_k_intersection", "mean_abs_diff"]
 
-_BLOCK = 1 << 18   # elements per map per row block (256k: 16 maps of 128x128, 64 of 64x64)
+_BLOCK = 1 << 18       # elements per map per row block for torch kernels (64 maps of 64x64)
+_CPU_BLOCK = 1 << 16   # elements per map per block for the CPU (numpy) kernels: 16 maps of 64x64, in cache
 
 
 def _flat_pair(a, b):
@@ -30,18 +31,52 @@ def _flat_pair(a, b):
     return fa, fb, finite
 
 
-def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-    """Spearman rho of each row pair (no checks). Exact: doubled ranks are integers, sums exact in float64."""
+def _numpy_rows(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's rows as a C-contiguous numpy array (a view when possible; no device crossing)."""
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return np.ascontiguousarray(t.numpy())
+
+
+def _as_float32_if_exact(x: np.ndarray) -> np.ndarray:
+    """float64 values that are all float32 numbers (maps cast up) take the fast float32 key sort."""
+    if x.dtype == np.float64:
+        x32 = x.astype(np.float32)
+        if np.array_equal(x32, x):
+            return x32
+    return x
+
+
+def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Spearman rho of each row pair (no checks). Exact: doubled ranks are integers, so the sums of
+    products are exact in float64 and only the final division rounds."""
     n, p = fa.shape
-    out = torch.empty(n, dtype=torch.float64, device=fa.device)
     c0 = p * float(p + 1) ** 2            # P * (mean doubled rank)^2
+    if backend == "numpy" or (backend == "auto" and fa.device.type == "cpu"):
+        xa = _as_float32_if_exact(_numpy_rows(fa))
+        xb = _as_float32_if_exact(_numpy_rows(fb))
+        out = np.empty(n, dtype=np.float64)
+
+        def block(sl: slice) -> None:
+            ra = _twice_ranks_numpy(xa[sl], np.float64)
+            rb = _twice_ranks_numpy(xb[sl], np.float64)
+            sab = np.einsum("ij,ij->i", ra, rb)
+            saa = np.einsum("ij,ij->i", ra, ra)
+            sbb = np.einsum("ij,ij->i", rb, rb)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[sl] = (sab - c0) / np.sqrt((saa - c0) * (sbb - c0))
+
+        run_blocks(block, n, max(1, _CPU_BLOCK // p))
+        return torch.from_numpy(out).clamp(-1.0, 1.0)
+    out = torch.empty(n, dtype=torch.float64, device=fa.device)
     for sl in chunks(n, p, _BLOCK):
-        ra = twice_ranks(fa[sl]).to(torch.float64)
-        rb = twice_ranks(fb[sl]).to(torch.float64)
+        ra = twice_ranks(fa[sl], "torch").to(torch.float64)
+        rb = twice_ranks(fb[sl], "torch").to(torch.float64)
         sab = torch.einsum("ij,ij->i", ra, rb)
         saa = torch.einsum("ij,ij->i", ra, ra)
         sbb = torch.einsum("ij,ij->i", rb, rb)
-        out[sl] = ((sab - c0) / torch.sqrt((saa - c0) * (sbb - c0))).to(out.device)
+        out[sl] = (sab - c0) / torch.sqrt((saa - c0) * (sbb - c0))
     return out.clamp(-1.0, 1.0)
 
 
@@ -109,13 +144,57 @@ def _band(n: int, taps: torch.Tensor) -> torch.Tensor:
     return m
 
 
+def _ssim_terms(ux, uy, sq, xy, c1, c2):
+    """Per-pixel SSIM from the Gaussian-weighted moments (sq = E[x^2] + E[y^2], xy = E[xy])."""
+    uxuy = ux * uy
+    uu = ux * ux + uy * uy
+    return (2 * uxuy + c1) * (2 * (xy - uxuy) + c2) / ((uu + c1) * (sq - uu + c2))
+
+
+def _ssim_numpy(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2: float, dt) -> torch.Tensor:
+    n, h, w = x.shape
+    kw = _band(w, taps).numpy().astype(dt)
+    kh_t = np.ascontiguousarray(_band(h, taps).numpy().T.astype(dt))
+    out = np.empty(n, dtype=np.float64)
+
+    def block(sl: slice) -> None:
+        xb = x[sl].astype(dt, copy=False)
+        yb = y[sl].astype(dt, copy=False)
+        st = np.empty((xb.shape[0], 4, h, w), dtype=dt)
+        st[:, 0] = xb
+        st[:, 1] = yb
+        np.multiply(xb, xb, out=st[:, 2])
+        st[:, 2] += yb * yb
+        np.multiply(xb, yb, out=st[:, 3])
+        f = kh_t @ (st @ kw)                              # [c, 4, H', W'] Gaussian-weighted moments
+        s = _ssim_terms(f[:, 0], f[:, 1], f[:, 2], f[:, 3], c1, c2)
+        out[sl] = s.mean(axis=(1, 2), dtype=np.float64)
+
+    run_blocks(block, n, max(1, _CPU_BLOCK // (h * w)))
+    return torch.from_numpy(out)
+
+
+def _ssim_torch(a, b, taps, c1, c2, dtype) -> torch.Tensor:
+    n, h, w = a.shape
+    kw = _band(w, taps).to(dtype=dtype, device=a.device)
+    kh_t = _band(h, taps).t().contiguous().to(dtype=dtype, device=a.device)
+    out = torch.empty(n, dtype=torch.float64, device=a.device)
+    for sl in chunks(n, 4 * h * w, 4 * _BLOCK):
+        x = a[sl].to(dtype)
+        y = b[sl].to(dtype)
+        st = torch.stack((x, y, x * x + y * y, x * y), dim=1)        # [c, 4, H, W]
+        f = kh_t @ (st @ kw)                                          # Gaussian-weighted moments
+        out[sl] = _ssim_terms(*f.unbind(1), c1, c2).mean(dim=(1, 2), dtype=torch.float64)
+    return out
+
+
 @MEASURES.register("ssim", kind="similarity", higher_is_better=True, range=(-1.0, 1.0),
                    reference="skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, "
                              "use_sample_covariance=False, data_range=...); Wang et al. 2004",
                    nan_reasons=("nonfinite_input",))
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: float = 1.5,
          k1: float = 0.01, k2: float = 0.03, dtype: torch.dtype = torch.float64,
-         return_reasons: bool = False):
+         return_reasons: bool = False, backend: str = "auto"):
     """Mean structural similarity per image, equal to ``skimage.metrics.structural_similarity(a, b,
     gaussian_weights=True, sigma=sigma, use_sample_covariance=False, data_range=data_range, K1=k1, K2=k2)``.
 
@@ -128,6 +207,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     sanity-checks code implicitly used 2.0, skimage's default for floats). ``dtype``: the computing
     precision; float64 (default) matches skimage to ~1e-15; float32 is about 2x faster and typically
     within 1e-6 but loses precision in flat regions (variance by cancellation). Range [-1, 1].
+    ``backend``: "auto" (numpy blocks on CPU, torch elsewhere), "numpy" or "torch".
     """
     a, b = as_pair(a, b)
     check_range("data_range", data_range, 0.0, math.inf, lo_open=True)
@@ -135,28 +215,21 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     check_range("k1", k1, 0.0, math.inf)
     check_range("k2", k2, 0.0, math.inf)
     check_choice("dtype", dtype, (torch.float32, torch.float64))
+    check_choice("backend", backend, ("auto", "numpy", "torch"))
     n, h, w = a.shape
     taps = _gaussian_taps(sigma)
     win = taps.numel()
     if h < win or w < win:
         raise ConfigError("a", f"maps must be at least {win}x{win} pixels for sigma={sigma} "
                                f"(window of {win} taps); got {h}x{w}")
-    kw = _band(w, taps).to(dtype=dtype, device=a.device)
-    kh_t = _band(h, taps).t().contiguous().to(dtype=dtype, device=a.device)
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     finite = torch.isfinite(a.reshape(n, -1)).all(1) & torch.isfinite(b.reshape(n, -1)).all(1)
-    out = torch.empty(n, dtype=torch.float64, device=a.device)
-    for sl in chunks(n, 4 * h * w, 4 * _BLOCK):
-        x = a[sl].to(dtype)
-        y = b[sl].to(dtype)
-        st = torch.stack((x, y, x * x + y * y, x * y), dim=1)        # [c, 4, H, W]
-        f = kh_t @ (st @ kw)                                          # Gaussian-weighted local means
-        ux, uy, sq, xy = f.unbind(1)
-        uxuy = ux * uy
-        uu = ux * ux + uy * uy
-        s = (2 * uxuy + c1) * (2 * (xy - uxuy) + c2) / ((uu + c1) * (sq - uu + c2))
-        out[sl] = s.mean(dim=(1, 2), dtype=torch.float64)
+    if backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
+        out = _ssim_numpy(_numpy_rows(a), _numpy_rows(b), taps, c1, c2,
+                          np.float64 if dtype == torch.float64 else np.float32)
+    else:
+        out = _ssim_torch(a, b, taps, c1, c2, dtype)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
 

@@ -93,14 +93,23 @@ def bootstrap_ci(values: torch.Tensor, *, level: float = 0.95, n_boot: int = 200
     estimate = vc.sum(1) / denom
     gen = _generator(generator, v.device)
     means = torch.empty(b, n_boot, dtype=torch.float64, device=v.device)
-    col_ok = (torch.arange(n, device=v.device).unsqueeze(0) < cnt.unsqueeze(1)).to(torch.float64)  # [b, n]
-    step = max(1, _DRAW_BUDGET // max(1, b * n))
+    c = max(1, int(cnt.max()))                 # draws per resample (rows with fewer values mask the rest)
+    same = bool((cnt == c).all())
+    if not same:
+        col_ok = (torch.arange(c, device=v.device).unsqueeze(0) < cnt.unsqueeze(1)).to(torch.float64)
+    step = max(1, _DRAW_BUDGET // max(1, b * c))
     for s in range(0, n_boot, step):
         nb = min(step, n_boot - s)
-        u = torch.rand(b, nb, n, generator=gen, dtype=torch.float64, device=v.device)
-        idx = (u * cnt.view(b, 1, 1)).long().clamp(max=n - 1)
-        draws = vc.gather(1, idx.view(b, -1)).view(b, nb, n)
-        means[:, s:s + nb] = (draws * col_ok.unsqueeze(1)).sum(-1) / denom.unsqueeze(1)
+        if same:                               # the common case: one count for every row
+            idx = torch.randint(0, c, (b, nb * c), generator=gen, device=v.device)
+            means[:, s:s + nb] = vc.gather(1, idx).view(b, nb, c).sum(-1) / c
+        else:
+            # float32 uniforms (finer than any count below 2^20); min() guards u * cnt rounding up to cnt
+            u = torch.rand(b, nb, c, generator=gen, device=v.device,
+                           dtype=torch.float32 if c < (1 << 20) else torch.float64)
+            idx = torch.minimum((u * cnt.view(b, 1, 1)).long(), (cnt - 1).clamp_min(0).view(b, 1, 1))
+            draws = vc.gather(1, idx.view(b, -1)).view(b, nb, c)
+            means[:, s:s + nb] = (draws * col_ok.unsqueeze(1)).sum(-1) / denom.unsqueeze(1)
     alpha = (1.0 - level) / 2.0
     q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=v.device)
     low, high = torch.quantile(means, q, dim=1)
