@@ -168,6 +168,7 @@ def test_random_other_class_is_uniform_over_the_others():
 
 
 def test_similarities_match_scipy_and_skimage():
+    from skimage.feature import hog
     from skimage.metrics import structural_similarity
 
     g = generator(0)
@@ -188,6 +189,14 @@ def test_similarities_match_scipy_and_skimage():
         assert out["ssim"][0][i] == pytest.approx(structural_similarity(
             a.zero_one[i, 0].double().numpy(), b.zero_one[i, 0].double().numpy(), gaussian_weights=True,
             sigma=1.5, use_sample_covariance=False, data_range=1.0), abs=1e-6)
+        ha, hb = (hog(m.zero_one[i, 0].double().numpy(), orientations=9, pixels_per_cell=(4, 4),
+                      cells_per_block=(3, 3), block_norm="L2-Hys") for m in (a, b))
+        assert sim.hog_px == 4
+        assert out["hog"][0][i] == pytest.approx(scipy.stats.spearmanr(ha, hb)[0], abs=1e-6)
+    # a constant map has no ranking: NaN with the measure's reason
+    flat = post_process(torch.ones(3, 3, SIZE, SIZE), t, [None] * 3)
+    values, reasons = sim.compare(a, flat, e)["spearman_abs"]
+    assert bool(torch.isnan(values).all()) and reasons == ["constant_b"] * 3
 
 
 def test_explain_robust_isolates_failing_inputs():
@@ -423,3 +432,16 @@ def test_figures_from_rows_and_artifacts(tmp_path):
     with np.load(npz[0]) as z:
         assert z["abs"].shape == (1 + len(Tiny.blocks), 2, SIZE, SIZE)
         assert list(z["stage_labels"]) == ["original", "fc", "conv2", "conv1"]
+
+
+def test_images_come_from_the_cell_world():
+    from xaudit import world
+    from xaudit.checks.sanity import load_images
+
+    cfg = world.get("shapes", size=32, seed=3).config()
+    ctx = CheckContext(check="random_logit", method="saliency", method_params={}, model_group="clean",
+                       world=cfg, seed=0, params={}, load_model=Zoo())
+    x, labels, idx = load_images(ctx, resolve_params("random_logit", {"n_images": 5}))
+    ref = world.get("shapes", size=32, seed=3).sample(range(5), split="test")
+    assert torch.equal(x, ref.images) and torch.equal(labels, ref.true_labels)
+    assert torch.equal(idx, torch.arange(5))

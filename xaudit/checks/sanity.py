@@ -152,13 +152,14 @@ class Maps:
     target:   int64 [N], the class each image's map explains
     abs, signed, zero_one: float [N, 1, H, W] (core.maps normalizations); rows of failed inputs are 0
     failed:   per image, None or the reason the method failed on it
+    Derived data every comparison reuses (average ranks, HOG descriptors) is computed once, on demand.
     """
     target: torch.Tensor
     abs: torch.Tensor
     signed: torch.Tensor
     zero_one: torch.Tensor
     failed: list[str | None]
-    _hog: torch.Tensor | None = field(default=None, repr=False)
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> torch.Tensor:
@@ -167,10 +168,20 @@ class Maps:
     def n_failed(self) -> int:
         return sum(f is not None for f in self.failed)
 
+    def cached(self, key: str, fn) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
 
 def post_process(raw: torch.Tensor, target: torch.Tensor, failed: list[str | None]) -> Maps:
+    """Abs, signed and 0-1 maps of raw maps [N, C, H, W]; inputs with a non-finite value are marked failed."""
     from xaudit.core import maps
 
+    finite = torch.isfinite(raw.flatten(1)).all(1).tolist()
+    failed = [f if f is not None or ok else "map: contains NaN or inf" for f, ok in zip(failed, finite)]
+    if not all(finite):
+        raw = torch.where(torch.tensor(finite, device=raw.device).view(-1, 1, 1, 1), raw, torch.zeros_like(raw))
     return Maps(target=target.cpu(), abs=maps.abs_map(raw).cpu(), signed=maps.signed_map(raw).cpu(),
                 zero_one=maps.zero_one_map(raw).cpu(), failed=list(failed))
 
@@ -246,9 +257,18 @@ class Similarity:
         """[N, 1, D] HOG descriptors of the 0-1 maps (a 1 x D 'map', so the correlations apply)."""
         from xaudit import metrics
 
-        if m._hog is None:
-            m._hog = metrics.hog(m.zero_one, pixels_per_cell=self.hog_px).unsqueeze(1)
-        return m._hog
+        return m.cached("hog", lambda: metrics.hog(m.zero_one, pixels_per_cell=self.hog_px).unsqueeze(1))
+
+    @staticmethod
+    def _ranks(m: Maps, key: str, values) -> torch.Tensor:
+        """Average ranks [N, 1, P] (float64) of a map set's values, computed once per map set:
+        Spearman's rho is Pearson's r of average ranks (exactly scipy.stats.spearmanr)."""
+        from xaudit import metrics
+
+        def rank():
+            v = values()
+            return metrics.rankdata(v.reshape(v.shape[0], -1)).unsqueeze(1)
+        return m.cached("ranks/" + key, rank)
 
     def compare(self, a: Maps, b: Maps, edge: Maps | None) -> dict[str, tuple[torch.Tensor, list]]:
         """metric -> (float64 [N], per-image reason or None). Values are NaN where a map failed
@@ -256,15 +276,22 @@ class Similarity:
         ``constant_a``). ``edge_similarity`` is the tested map ``b`` against the edge map."""
         from xaudit import metrics
 
-        corr = metrics.spearman if self.hog_correlation == "spearman" else metrics.pearson
+        def spearman(x: Maps, y: Maps, key: str, values):
+            return metrics.pearson(self._ranks(x, key, lambda: values(x)), self._ranks(y, key, lambda: values(y)),
+                                   return_reasons=True)
+
+        def hog(m: Maps):
+            return self._hog(m)
+
         res = {
-            "spearman_abs": metrics.spearman(a.abs, b.abs, return_reasons=True),
-            "spearman_signed": metrics.spearman(a.signed, b.signed, return_reasons=True),
+            "spearman_abs": spearman(a, b, "abs", lambda m: m.abs),
+            "spearman_signed": spearman(a, b, "signed", lambda m: m.signed),
             "ssim": metrics.ssim(a.zero_one, b.zero_one, data_range=self.data_range, return_reasons=True),
-            "hog": corr(self._hog(a), self._hog(b), return_reasons=True),
+            "hog": (spearman(a, b, "hog", hog) if self.hog_correlation == "spearman"
+                    else metrics.pearson(hog(a), hog(b), return_reasons=True)),
         }
         if edge is not None:
-            res["edge_similarity"] = metrics.spearman(b.abs, edge.abs, return_reasons=True)
+            res["edge_similarity"] = spearman(b, edge, "abs", lambda m: m.abs)
         failed = [fa or fb for fa, fb in zip(a.failed, b.failed)]
         bad = torch.tensor([f is not None for f in failed], dtype=torch.bool)
         out = {}
