@@ -70,7 +70,7 @@ def _method_snapshot(names: list[str]) -> list[dict[str, Any]]:
 def _preset_record(p: Preset, plan: Plan) -> dict[str, Any]:
     return {**p.raw, "_source": p.source,
             "_resolved": {"checks": plan.checks, "methods": plan.methods, "seeds": list(p.seeds),
-                          "worlds": [c for c in dict.fromkeys(_canon(c.world) for c in plan.cells)],
+                          "worlds": list({_canon(c.world): c.world for c in plan.cells}.values()),
                           "models": {k: m.label for k, m in plan.models.items()}, "cells": len(plan.cells)}}
 
 

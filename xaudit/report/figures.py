@@ -52,30 +52,31 @@ def _groups(rows: list[dict]) -> "OrderedDict[str, list[dict]]":
     return out
 
 
-def verdict_figure(rows: list[dict], methods: list[str]) -> Any | None:
-    """Score and CI of each method's verdict row, coloured by verdict; one panel per world/model."""
+def verdict_figure(rows: list[dict], methods: list[str], baselines: tuple[str, ...] = ()) -> Any | None:
+    """Score and CI of each method's verdict rows, coloured by verdict: a column of panels per metric
+    (when a cell has one verdict row per metric), a row per world/model/seed group (at most 3)."""
     vrows = [r for r in rows if r.get("verdict") is not None and _finite(r.get("value"))]
     if not vrows:
         return None
-    groups = _groups(vrows)
+    groups = list(_groups(vrows).items())[:3]
+    metrics = list(OrderedDict.fromkeys(r["metric"] for r in vrows))[:MAX_METRIC_PANELS]
     order = [m for m in methods if any(r["method"] == m for r in vrows)]
-    fig = new_figure(4.2 * min(len(groups), 3), 0.35 * len(order) + 1.4)
-    axes = fig.subplots(1, min(len(groups), 3), squeeze=False)[0]
-    for ax, (title, rs) in zip(axes, list(groups.items())[:3]):
-        for y, m in enumerate(order):
-            for r in (r for r in rs if r["method"] == m):
-                c = VERDICT_COLOURS.get(str(r["verdict"]).lower(), "#555555")
-                lo, hi = r.get("ci_low"), r.get("ci_high")
-                if _finite(lo) and _finite(hi):
-                    ax.plot([lo, hi], [y, y], color=c, lw=2, alpha=0.7)
-                ax.plot([r["value"]], [y], "o", color=c)
-        ax.set_yticks(range(len(order)), order)
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-        metric = rs[0].get("metric", "")
-        ax.set_xlabel(metric)
-        if title:
-            ax.set_title(title, fontsize=9)
+    fig = new_figure(min(3.2 * len(metrics) + 1.2, 16), max(2.2, (0.28 * len(order) + 1.0) * len(groups) + 0.3))
+    axes = fig.subplots(len(groups), len(metrics), squeeze=False, sharey=True)
+    for gi, (title, rs) in enumerate(groups):
+        for mi, metric in enumerate(metrics):
+            ax = axes[gi][mi]
+            for y, m in enumerate(order):
+                for r in (r for r in rs if r["method"] == m and r["metric"] == metric):
+                    c = VERDICT_COLOURS.get(str(r["verdict"]).lower(), "#555555")
+                    lo, hi = r.get("ci_low"), r.get("ci_high")
+                    if _finite(lo) and _finite(hi):
+                        ax.plot([lo, hi], [y, y], color=c, lw=2, alpha=0.7)
+                    ax.plot([r["value"]], [y], "o" if m not in baselines else "s", color=c)
+            ax.set_yticks(range(len(order)), order, fontsize=8)
+            ax.set_ylim(len(order) - 0.5, -0.5)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(f"{metric}" + (f" — {title}" if title else ""), fontsize=8)
     return fig
 
 
@@ -86,7 +87,7 @@ def stage_column(rows: list[dict]) -> str | None:
     return None
 
 
-def curve_figures(rows: list[dict], methods: list[str]) -> list[tuple[str, Any]]:
+def curve_figures(rows: list[dict], methods: list[str], baselines: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """Mean value (and CI band when given) of each metric across stages, a line per method."""
     col = stage_column(rows)
     if col is None:
@@ -108,7 +109,8 @@ def curve_figures(rows: list[dict], methods: list[str]) -> list[tuple[str, Any]]
                     continue
                 pts.sort(key=lambda r: pos[r[col]])
                 x = [pos[r[col]] for r in pts]
-                line, = ax.plot(x, [r["value"] for r in pts], marker="o", ms=3, label=m)
+                line, = ax.plot(x, [r["value"] for r in pts], marker="o", ms=3, label=m,
+                                ls="--" if m in baselines else "-")
                 if all(_finite(r.get("ci_low")) and _finite(r.get("ci_high")) for r in pts):
                     ax.fill_between(x, [r["ci_low"] for r in pts], [r["ci_high"] for r in pts],
                                     color=line.get_color(), alpha=0.15)

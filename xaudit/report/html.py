@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xaudit.report import figures as figs
-from xaudit.report.scorecard import VERDICT_STYLE, Scorecard, scorecard
+from xaudit.report.scorecard import VERDICT_STYLE, Entry, Scorecard, scorecard
 from xaudit.run.store import Store, find_db
 
 REPORT_NAME = "report.html"
@@ -25,7 +25,7 @@ line-height:1.4;padding:0 1em}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0;font-size:90%} th,td{border:1px solid #ddd;padding:4px 8px;
 vertical-align:top;text-align:left} th{background:#f4f4f4}
-td.pass{background:#e6f4ea} td.fail{background:#fde8e8} td.error{background:#fff3cd} td.na{color:#888}
+td.pass{background:#e6f4ea} td.fail{background:#fde8e8} td.mixed{background:#fdf6e3} td.error{background:#fff3cd} td.na{color:#888}
 span.lab{color:#888;font-size:85%} .muted{color:#777} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;
 font-size:85%;white-space:pre-wrap} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 tr.sep td{background:#fafafa;font-style:italic;color:#666} details{margin:.3em 0}
@@ -55,9 +55,10 @@ def _scorecard_html(sc: Scorecard) -> str:
             lines = sc.lines(m, c)
             verdicts = {str(e.verdict).lower() for _, e in lines if e.verdict is not None}
             statuses = {e.status for _, e in lines}
-            cls = ("fail" if "fail" in verdicts else "pass" if verdicts == {"pass"} else
-                   "error" if "failed" in statuses else "na" if not verdicts else "")
-            body = "<br>".join((f'<span class="lab">{_e(lab)}:</span> ' if lab else "") + _e(e.text())
+            cls = ("pass" if verdicts == {"pass"} else "fail" if verdicts == {"fail"} else
+                   "error" if "failed" in statuses else "na" if not verdicts else "mixed")
+            body = "<br>".join(f'<span title="{_e(_details(e))}">'
+                               + (f'<span class="lab">{_e(lab)}:</span> ' if lab else "") + _e(e.text()) + "</span>"
                                for lab, e in lines)
             tds.append(f'<td class="{cls}">{body}</td>')
         return f"<tr><th>{label}</th>{''.join(tds)}</tr>"
@@ -74,6 +75,17 @@ def _scorecard_html(sc: Scorecard) -> str:
     out.append(f'<p class="muted">Each entry: verdict, score [CI] from the check\'s verdict row ({_e(legend)}); '
                '"error": the cell failed (see below); "n/a": the method does not apply to the model.</p>')
     return "".join(out)
+
+
+def _details(e) -> str:
+    """Tooltip of a scorecard entry: every verdict row of the cell."""
+    if not e.details:
+        return e.metric or ""
+    parts = []
+    for d in e.details:
+        val = "" if d["value"] is None else f" {d['value']:.3g}"
+        parts.append(f"{d['metric']}: {d['verdict']}{val}")
+    return "; ".join(parts)
 
 
 def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path) -> str:
@@ -102,19 +114,20 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
             continue
         images: list[tuple[str, bytes]] = []
         notes: list[str] = []
-        for title, make in (("verdict scores with CI", lambda: figs.verdict_figure(crow, methods)),
-                            ("metrics", lambda: figs.metric_figure(crow, methods))):
+        hook = _figure_hook(c)
+        base = tuple(sc.baselines)
+        makers = [("verdict scores with CI", lambda: figs.verdict_figure(crow, methods, base))]
+        if hook is None:   # the check's own figures replace the generic curves
+            makers += [("metrics", lambda: figs.metric_figure(crow, methods)),
+                       ("curves", lambda: figs.curve_figures(crow, methods, base))]
+        for title, make in makers:
             try:
                 f = make()
-                if f is not None:
-                    images.append((title, figs.png(f)))
+                for t, fig in (f if isinstance(f, list) else [(title, f)] if f is not None else []):
+                    images.append((t, figs.png(fig)))
             except Exception as e:   # a figure must never lose the report
                 notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
-        try:
-            images += [(t, figs.png(f)) for t, f in figs.curve_figures(crow, methods)]
-        except Exception as e:
-            notes.append(f"curve figure failed: {type(e).__name__}: {e}")
-        hook = _figure_hook(c)
+        out.append(_verdict_table(crow, methods))
         if hook is not None:
             try:
                 for title, f in hook(crow, str(run_dir / "artifacts")) or []:
@@ -123,6 +136,40 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
                 notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
         out += [_img(t, d) for t, d in images]
         out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
+    return "".join(out)
+
+
+def _verdict_table(rows: list[dict], methods: list[str]) -> str:
+    """Every verdict row of a check: methods as rows, metrics as columns, per world/model/seed."""
+    vrows = [r for r in rows if r.get("verdict") is not None]
+    if not vrows:
+        return ""
+    metrics = list(dict.fromkeys(r["metric"] for r in vrows))
+    vary = [k for k in ("world", "model", "seed") if len({r.get(k) for r in vrows}) > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in vrows:
+        groups.setdefault(tuple(r.get(k) for k in vary), []).append(r)
+    out = []
+    for g, rs in groups.items():
+        cap = ", ".join(f"{k} {v}" for k, v in zip(vary, g))
+        out.append(f"<table><caption class=muted>{_e(cap)}</caption><tr><th>method</th>"
+                   + "".join(f"<th>{_e(m)}</th>" for m in metrics) + "</tr>")
+        for m in methods:
+            mine = {r["metric"]: r for r in rs if r["method"] == m}
+            if not mine:
+                continue
+            tds = []
+            for metric in metrics:
+                r = mine.get(metric)
+                if r is None:
+                    tds.append("<td></td>")
+                    continue
+                v = str(r["verdict"]).lower()
+                e = Entry(world="", model="", seed=None, verdict=r["verdict"], value=r["value"], ci_low=r["ci_low"],
+                          ci_high=r["ci_high"])
+                tds.append(f'<td class="{v if v in ("pass", "fail") else ""}">{_e(e.text())}</td>')
+            out.append(f"<tr><th>{_e(m)}</th>{''.join(tds)}</tr>")
+        out.append("</table>")
     return "".join(out)
 
 

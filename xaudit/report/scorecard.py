@@ -3,20 +3,24 @@ the verdict with its score and CI from the check's verdict rows, or the cell sta
 pending) where there is no verdict. Computed from the store only."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from xaudit.run.store import Store
 
 BASELINE_FAMILIES = ("baseline", "baselines")
-VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "inconclusive": ("?", "yellow")}
+MIXED = "mixed"   # a cell whose verdict rows (one per metric) disagree
+VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "inconclusive": ("?", "yellow"),
+                 "mixed": ("MIXED", "yellow")}
 STATUS_TEXT = {"failed": "error", "not_applicable": "n/a", "pending": "pending", "running": "pending",
                "done": "no verdict"}
 
 
 @dataclass
 class Entry:
-    """One verdict row (or one cell status where the cell has no verdict row)."""
+    """One cell's headline: its verdict with the headline metric's score and CI (or the cell status
+    where the cell has no verdict row). ``details`` holds every verdict row of the cell."""
     world: str
     model: str
     seed: int | None
@@ -27,6 +31,7 @@ class Entry:
     ci_high: float | None = None
     n: int | None = None
     status: str = "done"
+    details: list[dict[str, Any]] = field(default_factory=list)
 
     def score(self) -> str:
         if self.value is None:
@@ -38,7 +43,10 @@ class Entry:
 
     def text(self) -> str:
         if self.verdict is not None:
-            word = VERDICT_STYLE.get(str(self.verdict).lower(), (str(self.verdict),))[0]
+            word = VERDICT_STYLE.get(str(self.verdict).lower(), (str(self.verdict).upper(),))[0]
+            if self.verdict == MIXED:
+                counts = Counter(str(d["verdict"]).lower() for d in self.details)
+                word += " (" + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) + ")"
             return f"{word} {self.score()}".strip()
         return STATUS_TEXT.get(self.status, self.status)
 
@@ -92,22 +100,45 @@ def scorecard(store: Store) -> Scorecard:
     baselines = [m for m in methods if fam.get(m, "").lower() in BASELINE_FAMILIES]
     sc = Scorecard(run=run_name, methods=[m for m in methods if m not in baselines], baselines=baselines,
                    checks=checks)
-    verdict_cells = set()
+    by_cell: dict[str, list[dict]] = {}
     for r in rows:
-        if r["verdict"] is None:
-            continue
-        verdict_cells.add(r["cell"])
-        sc.entries.setdefault((r["method"], r["check"]), []).append(
-            Entry(world=r["world"], model=r["model"], seed=r["seed"], verdict=r["verdict"], metric=r["metric"],
-                  value=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"]))
+        if r["verdict"] is not None:
+            by_cell.setdefault(r["cell"], []).append(r)
+    headline = {c: scorecard_metric(c) for c in checks}
     for c in cells:
-        if c["key"] in verdict_cells:
+        key = (c["method"], c["check_name"])
+        vrows = by_cell.get(c["key"])
+        if not vrows:
+            sc.entries.setdefault(key, []).append(
+                Entry(world=c["world"], model=c["model_group"], seed=c["seed"], status=c["status"]))
             continue
-        sc.entries.setdefault((c["method"], c["check_name"]), []).append(
-            Entry(world=c["world"], model=c["model_group"], seed=c["seed"], status=c["status"]))
+        sc.entries.setdefault(key, []).append(headline_entry(vrows, headline[c["check_name"]]))
     allents = [e for es in sc.entries.values() for e in es]
     sc.vary = tuple(k for k in ("world", "model", "seed") if len({getattr(e, k) for e in allents}) > 1)
     return sc
+
+
+def scorecard_metric(check: str) -> str | None:
+    """The metric whose verdict a check puts on the scorecard (``Check.scorecard_metric``), if declared."""
+    try:
+        from xaudit.checks import CHECKS
+
+        return getattr(CHECKS.get(check), "scorecard_metric", None)
+    except Exception:
+        return None
+
+
+def headline_entry(vrows: list[dict], metric: str | None) -> Entry:
+    """One cell's entry from its verdict rows: the declared headline metric's row when the check names
+    one; otherwise the common verdict of all rows ('mixed' when they disagree) with the first row's score."""
+    chosen = [r for r in vrows if r["metric"] == metric] or vrows
+    verdicts = {str(r["verdict"]).lower() for r in chosen}
+    verdict = chosen[0]["verdict"] if len(verdicts) == 1 else MIXED
+    r = chosen[0]
+    details = [{k: v[k] for k in ("metric", "verdict", "value", "ci_low", "ci_high", "n")} for v in vrows]
+    return Entry(world=r["world"], model=r["model"], seed=r["seed"], verdict=verdict, metric=r["metric"],
+                 value=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"],
+                 details=details if len(chosen) > 1 else [d for d in details if d["metric"] == r["metric"]])
 
 
 def render_terminal(sc: Scorecard, console=None) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile",
 WORLD_FIELDS_RESERVED = ("world", "models", "specs")
 CHECK_FIELDS = ("params", "models")
 DEVICES = ("cpu", "cuda", "auto")
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"   # shipped as package data
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -92,8 +92,7 @@ class Preset:
 
 def shipped() -> list[str]:
     """Names of the presets shipped in the package."""
-    d = resources.files("xaudit") / "presets"
-    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def load_preset(preset: str | Path | dict[str, Any]) -> Preset:
@@ -131,8 +130,7 @@ def _read(preset: str | Path) -> tuple[str, str]:
     if name not in shipped():
         raise ConfigError("preset", f"unknown preset {name!r}; shipped presets: {', '.join(shipped())} "
                                     "(or give a path to a preset YAML file)")
-    res = resources.files("xaudit") / "presets" / f"{name}.yaml"
-    return res.read_text(), f"xaudit/presets/{name}.yaml"
+    return (PRESETS_DIR / f"{name}.yaml").read_text(), f"xaudit/presets/{name}.yaml"
 
 
 def parse_preset(data: dict[str, Any], source: str = "") -> Preset:
