@@ -112,11 +112,32 @@ def is_constant(flat: torch.Tensor) -> torch.Tensor:
     return flat.amax(dim=-1) == flat.amin(dim=-1)
 
 
-def chunks(n: int, per_item: int, budget: int = 1 << 22):
-    """Slices over n items so that one slice holds about ``budget`` elements (bounded memory)."""
-    step = max(1, budget // max(1, per_item))
-    for i in range(0, n, step):
-        yield slice(i, min(n, i + step))
+def row_flags(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(finite, constant): [N] bool each for the rows of ``flat [N, P]``, computed in row blocks."""
+    n, p = flat.shape
+    finite = torch.empty(n, dtype=torch.bool, device=flat.device)
+    constant = torch.empty(n, dtype=torch.bool, device=flat.device)
+
+    def block(sl: slice) -> None:
+        x = flat[sl]
+        finite[sl] = torch.isfinite(x).all(dim=1)
+        constant[sl] = x.amax(dim=1) == x.amin(dim=1)
+
+    for_blocks(block, n, p, flat.device)
+    return finite, constant
+
+
+def for_blocks(fn: Callable[[slice], None], n: int, per_row: int, device: torch.device,
+               cpu_budget: int = 1 << 16, device_budget: int = 1 << 22) -> None:
+    """Call ``fn(rows)`` for row blocks covering ``range(n)``. On the CPU, blocks of about ``cpu_budget``
+    elements (cache-sized, below torch's parallel grain so each op runs single-threaded) go to a thread
+    pool (:func:`run_blocks`); elsewhere, sequential blocks of about ``device_budget`` elements."""
+    if torch.device(device).type == "cpu":
+        run_blocks(fn, n, max(1, cpu_budget // max(1, per_row)))
+    else:
+        step = max(1, device_budget // max(1, per_row))
+        for i in range(0, n, step):
+            fn(slice(i, min(n, i + step)))
 
 
 def run_blocks(fn: Callable[[slice], None], n: int, rows: int, workers: int | None = None) -> None:

@@ -13,22 +13,24 @@ import numpy as np
 import torch
 
 from xaudit.core.errors import ConfigError, check_choice, check_range
-from xaudit.metrics._base import (MEASURES, as_map_batch, as_pair, chunks, code, correlation_codes, finish,
-                                  is_constant, run_blocks)
+from xaudit.metrics._base import (MEASURES, as_map_batch, as_pair, code, correlation_codes, finish, for_blocks,
+                                  row_flags, run_blocks)
 from xaudit.metrics.ranks import _twice_ranks_numpy, twice_ranks
 
 __all__ = ["spearman", "pearson", "ssim", "hog", "hog_similarity", "hog_pixels_per_cell",
            "top_k_intersection", "mean_abs_diff"]
 
-_BLOCK = 1 << 18       # elements per map per row block for torch kernels (64 maps of 64x64)
-_CPU_BLOCK = 1 << 16   # elements per map per block for the CPU (numpy) kernels: 16 maps of 64x64, in cache
+_CPU_BLOCK = 1 << 16   # elements per map per block on the CPU: 16 maps of 64x64, in cache
+_HOG_BLOCK = 1 << 18   # HOG's per-pixel-of-cell loop amortizes over bigger blocks (64 maps of 64x64)
 
 
 def _flat_pair(a, b):
+    """[N, P] views of two map batches, and per row: both finite, a constant, b constant."""
     a, b = as_pair(a, b)
     fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    finite = torch.isfinite(fa).all(dim=1) & torch.isfinite(fb).all(dim=1)
-    return fa, fb, finite
+    fin_a, const_a = row_flags(fa)
+    fin_b, const_b = row_flags(fb)
+    return fa, fb, fin_a & fin_b, const_a, const_b
 
 
 def _numpy_rows(t: torch.Tensor) -> np.ndarray:
@@ -70,26 +72,32 @@ def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor, backend: str = "auto") -
         run_blocks(block, n, max(1, _CPU_BLOCK // p))
         return torch.from_numpy(out).clamp(-1.0, 1.0)
     out = torch.empty(n, dtype=torch.float64, device=fa.device)
-    for sl in chunks(n, p, _BLOCK):
+
+    def block_t(sl: slice) -> None:
         ra = twice_ranks(fa[sl], "torch").to(torch.float64)
         rb = twice_ranks(fb[sl], "torch").to(torch.float64)
         sab = torch.einsum("ij,ij->i", ra, rb)
         saa = torch.einsum("ij,ij->i", ra, ra)
         sbb = torch.einsum("ij,ij->i", rb, rb)
         out[sl] = (sab - c0) / torch.sqrt((saa - c0) * (sbb - c0))
+
+    for_blocks(block_t, n, p, fa.device)
     return out.clamp(-1.0, 1.0)
 
 
 def _pearson_rows(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     n, p = fa.shape
     out = torch.empty(n, dtype=torch.float64, device=fa.device)
-    for sl in chunks(n, p, _BLOCK):
+
+    def block(sl: slice) -> None:
         x = fa[sl].to(torch.float64)
         y = fb[sl].to(torch.float64)
         x = x - x.mean(dim=1, keepdim=True)
         y = y - y.mean(dim=1, keepdim=True)
         out[sl] = torch.einsum("ij,ij->i", x, y) / torch.sqrt(
             torch.einsum("ij,ij->i", x, x) * torch.einsum("ij,ij->i", y, y))
+
+    for_blocks(block, n, p, fa.device)
     return out.clamp(-1.0, 1.0)
 
 
@@ -102,8 +110,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
     NaN where a map is constant (reason ``constant_a`` / ``constant_b`` / ``constant_both``) or has a
     non-finite value (``nonfinite_input``). Range [-1, 1]; higher means more similar.
     """
-    fa, fb, finite = _flat_pair(a, b)
-    codes = correlation_codes(is_constant(fa), is_constant(fb), finite)
+    fa, fb, finite, const_a, const_b = _flat_pair(a, b)
+    codes = correlation_codes(const_a, const_b, finite)
     ok = codes == 0
     values = torch.full((fa.shape[0],), float("nan"), dtype=torch.float64, device=fa.device)
     if bool(ok.all()):
@@ -119,8 +127,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
 def pearson(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
     """Pearson correlation of the pixel values per image (float64; = scipy.stats.pearsonr).
     NaN for a constant or non-finite map, with its reason. Range [-1, 1]."""
-    fa, fb, finite = _flat_pair(a, b)
-    codes = correlation_codes(is_constant(fa), is_constant(fb), finite)
+    fa, fb, finite, const_a, const_b = _flat_pair(a, b)
+    codes = correlation_codes(const_a, const_b, finite)
     return finish(_pearson_rows(fa, fb), codes, return_reasons)
 
 
@@ -179,12 +187,15 @@ def _ssim_torch(a, b, taps, c1, c2, dtype) -> torch.Tensor:
     kw = _band(w, taps).to(dtype=dtype, device=a.device)
     kh_t = _band(h, taps).t().contiguous().to(dtype=dtype, device=a.device)
     out = torch.empty(n, dtype=torch.float64, device=a.device)
-    for sl in chunks(n, 4 * h * w, 4 * _BLOCK):
+
+    def block(sl: slice) -> None:
         x = a[sl].to(dtype)
         y = b[sl].to(dtype)
         st = torch.stack((x, y, x * x + y * y, x * y), dim=1)        # [c, 4, H, W]
         f = kh_t @ (st @ kw)                                          # Gaussian-weighted moments
         out[sl] = _ssim_terms(*f.unbind(1), c1, c2).mean(dim=(1, 2), dtype=torch.float64)
+
+    for_blocks(block, n, 4 * h * w, a.device)
     return out
 
 
@@ -224,7 +235,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
                                f"(window of {win} taps); got {h}x{w}")
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    finite = torch.isfinite(a.reshape(n, -1)).all(1) & torch.isfinite(b.reshape(n, -1)).all(1)
+    finite = row_flags(a.reshape(n, -1))[0] & row_flags(b.reshape(n, -1))[0]
     if backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
         out = _ssim_numpy(_numpy_rows(a), _numpy_rows(b), taps, c1, c2,
                           np.float64 if dtype == torch.float64 else np.float32)
@@ -243,17 +254,89 @@ def hog_pixels_per_cell(h: int, w: int) -> int:
     return max(4, min(h, w) // 8)
 
 
+def _hog_cells_numpy(x: np.ndarray, orientations: int, c: int, bpb: int) -> np.ndarray:
+    """skimage.feature.hog on a block of maps [m, h, w], step by step (bitwise equal to skimage)."""
+    m, h, w = x.shape
+    ncr, ncc = h // c, w // c
+    hh, ww = ncr * c, ncc * c
+    g_row = np.zeros_like(x)
+    g_col = np.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]          # in the map's own precision, as skimage
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    g_row = g_row[:, :hh, :ww].astype(np.float64)
+    g_col = g_col[:, :hh, :ww].astype(np.float64)
+    mag = np.hypot(g_col, g_row)
+    ori = np.rad2deg(np.arctan2(g_row, g_col)) % 180
+    edges = np.array([180.0 / orientations * (i + 1) for i in range(orientations)])
+    bins = np.searchsorted(edges, ori, side="right")           # == orientations: in no bin (ori == 180.0)
+
+    def by_cell(a):                                              # [m*ncr*ncc, c*c], row-major within a cell
+        return a.reshape(m, ncr, c, ncc, c).transpose(0, 1, 3, 2, 4).reshape(m * ncr * ncc, c * c)
+    mag_c, bin_c = by_cell(mag), by_cell(bins)
+    slots = orientations + 1
+    total = np.zeros(mag_c.shape[0] * slots, dtype=np.float32)
+    base = np.arange(mag_c.shape[0]) * slots
+    for p in range(c * c):      # skimage sums a cell's magnitudes into a C float, pixel by pixel
+        fi = base + bin_c[:, p]
+        total[fi] = total[fi] + mag_c[:, p]                      # float64 sum, rounded to float32
+    hist = (total.reshape(m, ncr, ncc, slots)[..., :orientations] / np.float32(c * c)).astype(np.float64)
+    blocks = np.lib.stride_tricks.sliding_window_view(hist, (bpb, bpb), axis=(1, 2))  # [m,br,bc,O,bpb,bpb]
+    blocks = np.ascontiguousarray(blocks.transpose(0, 1, 2, 4, 5, 3)).reshape(m, -1, bpb * bpb * orientations)
+    eps2 = 1e-5 ** 2                                             # L2-Hys as skimage._hog_normalize_block
+    blocks = blocks / np.sqrt(np.sum(blocks ** 2, axis=-1, keepdims=True) + eps2)
+    blocks = np.minimum(blocks, 0.2)
+    blocks = blocks / np.sqrt(np.sum(blocks ** 2, axis=-1, keepdims=True) + eps2)
+    return blocks.reshape(m, -1)
+
+
+def _hog_cells_torch(x: torch.Tensor, orientations: int, c: int, bpb: int) -> torch.Tensor:
+    """The same steps as :func:`_hog_cells_numpy` in torch, for maps on an accelerator."""
+    m, h, w = x.shape
+    ncr, ncc = h // c, w // c
+    hh, ww = ncr * c, ncc * c
+    g_row = torch.zeros_like(x)
+    g_col = torch.zeros_like(x)
+    g_row[:, 1:-1, :] = x[:, 2:, :] - x[:, :-2, :]
+    g_col[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    g_row = g_row[:, :hh, :ww].to(torch.float64)
+    g_col = g_col[:, :hh, :ww].to(torch.float64)
+    mag = torch.hypot(g_col, g_row)
+    ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0)
+    edges = torch.tensor([180.0 / orientations * (i + 1) for i in range(orientations)],
+                         dtype=torch.float64, device=x.device)
+    bins = torch.bucketize(ori, edges, right=True)
+
+    def by_cell(a):
+        return a.reshape(m, ncr, c, ncc, c).permute(0, 1, 3, 2, 4).reshape(m * ncr * ncc, c * c)
+    mag_c, bin_c = by_cell(mag), by_cell(bins)
+    slots = orientations + 1
+    total = torch.zeros(mag_c.shape[0] * slots, dtype=torch.float32, device=x.device)
+    base = torch.arange(mag_c.shape[0], device=x.device) * slots
+    for p in range(c * c):
+        fi = base + bin_c[:, p]
+        total[fi] = (total[fi].to(torch.float64) + mag_c[:, p]).to(torch.float32)
+    hist = (total.view(m, ncr, ncc, slots)[..., :orientations] / (c * c)).to(torch.float64)
+    blocks = hist.unfold(1, bpb, 1).unfold(2, bpb, 1)              # [m, nbr, nbc, O, bpb, bpb]
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(m, -1, bpb * bpb * orientations)
+    eps2 = 1e-5 ** 2
+    blocks = blocks / torch.sqrt((blocks * blocks).sum(-1, keepdim=True) + eps2)
+    blocks = blocks.clamp(max=0.2)
+    blocks = blocks / torch.sqrt((blocks * blocks).sum(-1, keepdim=True) + eps2)
+    return blocks.reshape(m, -1)
+
+
 def hog(maps: torch.Tensor, *, orientations: int = 9, pixels_per_cell: int | None = None,
         cells_per_block: int = 3) -> torch.Tensor:
     """HOG descriptor of each map, equal to ``skimage.feature.hog(map, orientations, (c, c),
-    (cells_per_block, cells_per_block), block_norm='L2-Hys', feature_vector=True)``. Returns float64
-    ``[N, D]`` with D = blocks_r * blocks_c * cells_per_block^2 * orientations.
+    (cells_per_block, cells_per_block), block_norm='L2-Hys', feature_vector=True)``: ``[N, D]`` with
+    D = blocks_r * blocks_c * cells_per_block^2 * orientations, float32 for float32 (and half) maps and
+    float64 for float64 maps, as skimage returns.
 
-    As skimage: central-difference gradients (zero on the border rows/columns), unsigned orientation
-    ``atan2(g_row, g_col)`` in degrees mod 180, hard binning into ``orientations`` bins, magnitude summed
-    per cell and divided by the cell area, pixels beyond the last whole cell ignored, overlapping blocks
-    normalized with L2-Hys (clip at 0.2, eps 1e-5). ``pixels_per_cell`` defaults to
-    :func:`hog_pixels_per_cell`.
+    As skimage: central-difference gradients in the map's precision (zero on the border rows/columns),
+    unsigned orientation ``atan2(g_row, g_col)`` in degrees mod 180, hard binning, each cell's magnitudes
+    summed in float32 in pixel order and divided by the cell area, pixels beyond the last whole cell
+    ignored, overlapping blocks normalized with L2-Hys (clip 0.2, eps 1e-5). On the CPU the result is
+    bitwise equal to skimage's. ``pixels_per_cell`` defaults to :func:`hog_pixels_per_cell`.
     """
     x = as_map_batch(maps, "maps")
     check_range("orientations", orientations, 1, 360)
@@ -266,38 +349,24 @@ def hog(maps: torch.Tensor, *, orientations: int = 9, pixels_per_cell: int | Non
     if ncr < bpb or ncc < bpb:
         raise ConfigError("pixels_per_cell", f"{h}x{w} maps hold {ncr}x{ncc} cells of {c} px, fewer than "
                                              f"cells_per_block={bpb}; use smaller cells or blocks")
-    nbr, nbc = ncr - bpb + 1, ncc - bpb + 1
-    dev = x.device
-    edges = torch.tensor([180.0 / orientations * (i + 1) for i in range(orientations)],
-                         dtype=torch.float64, device=dev)
-    hh, ww = ncr * c, ncc * c
-    rr = torch.arange(hh, device=dev) // c
-    cc = torch.arange(ww, device=dev) // c
-    cell = ((rr[:, None] * ncc + cc[None, :]) * (orientations + 1)).reshape(1, -1)   # [1, hh*ww]
-    d = nbr * nbc * bpb * bpb * orientations
-    out = torch.empty(n, d, dtype=torch.float64, device=dev)
-    eps2 = 1e-5 ** 2
-    for sl in chunks(n, 8 * h * w, _BLOCK):
-        img = x[sl].to(torch.float64)
-        m = img.shape[0]
-        g_row = torch.zeros_like(img)
-        g_col = torch.zeros_like(img)
-        g_row[:, 1:-1, :] = img[:, 2:, :] - img[:, :-2, :]
-        g_col[:, :, 1:-1] = img[:, :, 2:] - img[:, :, :-2]
-        g_row, g_col = g_row[:, :hh, :ww], g_col[:, :hh, :ww]
-        mag = torch.hypot(g_col, g_row).reshape(m, -1)
-        ori = torch.remainder(torch.rad2deg(torch.atan2(g_row, g_col)), 180.0).reshape(m, -1)
-        # bin i holds 180/O*i <= ori < 180/O*(i+1); ori == 180.0 after rounding falls in no bin (as skimage)
-        bins = torch.bucketize(ori, edges, right=True)
-        hist = torch.zeros(m, ncr * ncc * (orientations + 1), dtype=torch.float64, device=dev)
-        hist.scatter_add_(1, cell + bins, mag)
-        hist = hist.view(m, ncr, ncc, orientations + 1)[..., :orientations] / (c * c)
-        blocks = hist.unfold(1, bpb, 1).unfold(2, bpb, 1)             # [m, nbr, nbc, O, bpb_r, bpb_c]
-        blocks = blocks.permute(0, 1, 2, 4, 5, 3).reshape(m, nbr * nbc, -1)
-        blocks = blocks / torch.sqrt((blocks * blocks).sum(-1, keepdim=True) + eps2)
-        blocks = blocks.clamp(max=0.2)
-        blocks = blocks / torch.sqrt((blocks * blocks).sum(-1, keepdim=True) + eps2)
-        out[sl] = blocks.reshape(m, -1)
+    d = (ncr - bpb + 1) * (ncc - bpb + 1) * bpb * bpb * orientations
+    if x.dtype != torch.float64:
+        x = x.to(torch.float32)
+    if x.device.type == "cpu":
+        xn = _numpy_rows(x)
+        out_np = np.empty((n, d), dtype=xn.dtype)
+
+        def block(sl: slice) -> None:
+            out_np[sl] = _hog_cells_numpy(xn[sl], orientations, c, bpb)
+
+        run_blocks(block, n, max(1, _HOG_BLOCK // (h * w)))
+        return torch.from_numpy(out_np)
+    out = torch.empty(n, d, dtype=x.dtype, device=x.device)
+
+    def block_t(sl: slice) -> None:
+        out[sl] = _hog_cells_torch(x[sl], orientations, c, bpb).to(out.dtype)
+
+    for_blocks(block_t, n, h * w, x.device)
     return out
 
 
@@ -317,11 +386,13 @@ def hog_similarity(a: torch.Tensor, b: torch.Tensor, *, correlation: str = "spea
     check_choice("correlation", correlation, ("spearman", "pearson"))
     a, b = as_pair(a, b)
     n = a.shape[0]
-    finite = torch.isfinite(a.reshape(n, -1)).all(1) & torch.isfinite(b.reshape(n, -1)).all(1)
+    finite = row_flags(a.reshape(n, -1))[0] & row_flags(b.reshape(n, -1))[0]
     kw = dict(orientations=orientations, pixels_per_cell=pixels_per_cell, cells_per_block=cells_per_block)
-    ha = hog(torch.nan_to_num(a), **kw)
-    hb = hog(torch.nan_to_num(b), **kw)
-    codes = correlation_codes(is_constant(ha), is_constant(hb), finite)
+    if not bool(finite.all()):
+        a, b = torch.nan_to_num(a), torch.nan_to_num(b)
+    ha = hog(a, **kw)
+    hb = hog(b, **kw)
+    codes = correlation_codes(row_flags(ha)[1], row_flags(hb)[1], finite)
     ok = codes == 0
     values = torch.full((n,), float("nan"), dtype=torch.float64, device=a.device)
     corr = _rank_corr_rows if correlation == "spearman" else _pearson_rows
@@ -372,13 +443,20 @@ def top_k_intersection(a: torch.Tensor, b: torch.Tensor, *, k: int | float = 0.1
     :func:`top_k_membership`), so the value is deterministic and does not favour low pixel indices.
     Range [0, 1]; chance level is k / P.
     """
-    fa, fb, finite = _flat_pair(a, b)
+    fa, fb, finite, _, _ = _flat_pair(a, b)
     kk = _k_of(k, fa.shape[1])
     out = torch.empty(fa.shape[0], dtype=torch.float64, device=fa.device)
-    for sl in chunks(fa.shape[0], fa.shape[1], _BLOCK):
-        pa = top_k_membership(torch.nan_to_num(fa[sl]), kk)
-        pb = top_k_membership(torch.nan_to_num(fb[sl]), kk)
+    clean = bool(finite.all())
+
+    def block(sl: slice) -> None:
+        xa, xb = fa[sl], fb[sl]
+        if not clean:
+            xa, xb = torch.nan_to_num(xa), torch.nan_to_num(xb)
+        pa = top_k_membership(xa, kk)
+        pb = top_k_membership(xb, kk)
         out[sl] = torch.einsum("ij,ij->i", pa, pb) / kk
+
+    for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
 
@@ -388,9 +466,12 @@ def top_k_intersection(a: torch.Tensor, b: torch.Tensor, *, k: int | float = 0.1
                    nan_reasons=("nonfinite_input",))
 def mean_abs_diff(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
     """Mean |a - b| over the pixels, per image (float64). Lower means more similar."""
-    fa, fb, finite = _flat_pair(a, b)
+    fa, fb, finite, _, _ = _flat_pair(a, b)
     out = torch.empty(fa.shape[0], dtype=torch.float64, device=fa.device)
-    for sl in chunks(fa.shape[0], fa.shape[1], _BLOCK):
+
+    def block(sl: slice) -> None:
         out[sl] = (fa[sl].to(torch.float64) - fb[sl].to(torch.float64)).abs().mean(1)
+
+    for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
