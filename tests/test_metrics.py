@@ -231,6 +231,9 @@ def test_mean_abs_diff():
     got = M.mean_abs_diff(torch.from_numpy(a).float(), torch.from_numpy(b).float())
     np.testing.assert_allclose(got.numpy(), np.abs(a.astype(np.float32) - b.astype(np.float32)).mean((1, 2)),
                                atol=1e-7)
+    a[2, 1, 1] = np.inf
+    res = M.mean_abs_diff(torch.from_numpy(a), torch.from_numpy(b), return_reasons=True)
+    assert res.reasons == [None, None, "nonfinite_input", None, None] and math.isnan(float(res.values[2]))
 
 
 # ---------------------------------------------------------------- localization

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from xaudit.core.errors import ConfigError
@@ -118,10 +119,22 @@ def row_flags(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     finite = torch.empty(n, dtype=torch.bool, device=flat.device)
     constant = torch.empty(n, dtype=torch.bool, device=flat.device)
 
+    if flat.device.type == "cpu":                           # numpy's row max/min are ~10x faster here
+        x = flat.detach().numpy() if flat.dtype not in (torch.float16, torch.bfloat16) else flat.float().numpy()
+        hi_np, lo_np = np.empty(n, dtype=x.dtype), np.empty(n, dtype=x.dtype)
+
+        def block_np(sl: slice) -> None:
+            np.max(x[sl], axis=1, out=hi_np[sl])            # NaN propagates
+            np.min(x[sl], axis=1, out=lo_np[sl])
+
+        run_blocks(block_np, n, max(1, (1 << 16) // max(1, p)))
+        hi, lo = torch.from_numpy(hi_np), torch.from_numpy(lo_np)
+        return torch.isfinite(hi) & torch.isfinite(lo), hi == lo
+
     def block(sl: slice) -> None:
-        x = flat[sl]
-        finite[sl] = torch.isfinite(x).all(dim=1)
-        constant[sl] = x.amax(dim=1) == x.amin(dim=1)
+        lo, hi = torch.aminmax(flat[sl], dim=1)              # NaN propagates into both
+        finite[sl] = torch.isfinite(hi) & torch.isfinite(lo)
+        constant[sl] = hi == lo
 
     for_blocks(block, n, p, flat.device)
     return finite, constant

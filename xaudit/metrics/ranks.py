@@ -9,50 +9,63 @@ of ranks are exact in float64 and a rank correlation equals scipy's to ~1e-15.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 __all__ = ["rankdata", "twice_ranks"]
 
 
+@functools.lru_cache(maxsize=16)
+def _key_template(b: int, p: int) -> np.ndarray:
+    """int64 [b, p] whose low 32 bits hold each entry's flat index (row * p + column)."""
+    t = np.arange(b * p, dtype=np.int64).reshape(b, p)
+    t.flags.writeable = False
+    return t
+
+
+@functools.lru_cache(maxsize=16)
+def _untied_ranks(b: int, p: int, dtype) -> np.ndarray:
+    """Doubled ranks 2, 4, ..., 2p repeated for b rows, flat (the ranks when a row has no ties)."""
+    t = np.tile(np.arange(2, 2 * p + 2, 2, dtype=dtype), b)
+    t.flags.writeable = False
+    return t
+
+
 def _twice_ranks_numpy(x: np.ndarray, out_dtype=np.int64) -> np.ndarray:
     b, p = x.shape
     n = b * p
-    if x.dtype == np.float32 and p < (1 << 31):
-        # One int64 key per value: the float's order-preserving int32 image in the high word, the column
-        # in the low word. Sorting the keys (numpy's SIMD sort) yields sorted values and permutation.
+    if x.dtype == np.float32 and n < (1 << 31):
+        # One int64 key per value: the float's order-preserving int32 image in the high word, its flat
+        # index in the low word. Sorting the keys (numpy's SIMD sort) gives sorted values and permutation.
         bits = (x + np.float32(0.0)).view(np.int32)          # + 0.0 turns -0.0 into +0.0 (they tie)
-        key = np.empty((b, p), dtype=np.int64)
-        words = key.view(np.int32).reshape(b, p, 2)          # little endian: [..., 0] low, [..., 1] high
-        if bits.min() >= 0:                                  # no negative values: bits already ordered
-            words[..., 1] = bits
-        else:
-            np.bitwise_xor(bits, (bits >> 31) & np.int32(0x7FFFFFFF), out=words[..., 1])
-        words[..., 0] = np.arange(p, dtype=np.int32)
+        if bits.min() < 0:                                   # negative floats: flip to keep the order
+            bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+        key = _key_template(b, p).copy()
+        key.view(np.int32).reshape(b, p, 2)[..., 1] = bits   # little endian: [..., 1] is the high word
         key.sort(axis=1)
-        perm = words[..., 0]
-        vals = words[..., 1]
+        flat_index = (key & 0xFFFFFFFF).reshape(-1)
+        vals = key.view(np.int32).reshape(b, p, 2)[..., 1]
     else:
         perm = np.argsort(x, axis=1)                         # tie order is irrelevant for average ranks
         vals = np.take_along_axis(x, perm, axis=1)
-    new = np.empty((b, p), dtype=bool)                       # True where a run of equal values starts
-    new[:, 0] = True
-    np.not_equal(vals[:, 1:], vals[:, :-1], out=new[:, 1:])
-    starts = np.flatnonzero(new)                             # runs never cross rows (new[:, 0] is True)
-    if starts.size == n:                                     # no ties at all: rank = position + 1
-        twice = np.broadcast_to(np.arange(2, 2 * p + 2, 2, dtype=out_dtype), (b, p))
-    else:
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1] = n
-        row0 = (starts // p) * p
-        # doubled average rank of a run [s, e): (s - row0 + 1) + (e - 1 - row0 + 1)
-        run_value = (starts + ends - 2 * row0 + 1).astype(out_dtype)
-        twice = np.repeat(run_value, ends - starts).reshape(b, p)
-    out = np.empty((b, p), dtype=out_dtype)
-    flat_index = perm + (np.arange(b, dtype=np.int64) * p)[:, None]
-    out.reshape(-1)[flat_index.reshape(-1)] = twice.reshape(-1)
-    return out
+        flat_index = (perm + (np.arange(b, dtype=np.int64) * p)[:, None]).reshape(-1)
+    same = np.zeros((b, p), dtype=bool)                      # True where a value equals its predecessor
+    np.equal(vals[:, 1:], vals[:, :-1], out=same[:, 1:])
+    out = np.empty(n, dtype=out_dtype)
+    out[flat_index] = _untied_ranks(b, p, out_dtype)         # as if there were no ties: 2 * position + 2
+    cont = np.flatnonzero(same)                              # sorted positions continuing a run of ties
+    if cont.size:
+        first = ~same.reshape(-1)[cont - 1]                  # continuation right after the run's start
+        start = cont[first] - 1                              # (runs never cross rows: same[:, 0] False)
+        run = np.cumsum(first) - 1                           # run of each continuation
+        length = np.bincount(run, minlength=start.size) + 1
+        # doubled average rank of the run [start, start + length) of a row beginning at row0
+        value = (2 * (start - (start // p) * p) + length + 1).astype(out_dtype)
+        out[flat_index[start]] = value
+        out[flat_index[cont]] = value[run]
+    return out.reshape(b, p)
 
 
 def _twice_ranks_torch(x: torch.Tensor) -> torch.Tensor:

@@ -465,13 +465,19 @@ def top_k_intersection(a: torch.Tensor, b: torch.Tensor, *, k: int | float = 0.1
                    reference="mean absolute difference of the two maps",
                    nan_reasons=("nonfinite_input",))
 def mean_abs_diff(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
-    """Mean |a - b| over the pixels, per image (float64). Lower means more similar."""
-    fa, fb, finite, _, _ = _flat_pair(a, b)
+    """Mean |a - b| over the pixels, per image (accumulated in float64). Lower means more similar."""
+    a, b = as_pair(a, b)
+    fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     out = torch.empty(fa.shape[0], dtype=torch.float64, device=fa.device)
 
     def block(sl: slice) -> None:
-        out[sl] = (fa[sl].to(torch.float64) - fb[sl].to(torch.float64)).abs().mean(1)
+        out[sl] = (fa[sl] - fb[sl]).abs().mean(1, dtype=torch.float64)
 
     for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
-    codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
+    # a NaN or inf in a map makes its mean non-finite; only those rows need the exact check
+    codes = torch.zeros(out.shape, dtype=torch.int8, device=out.device)
+    bad = (~torch.isfinite(out)).nonzero().flatten()
+    if bad.numel():
+        fin = torch.isfinite(fa[bad]).all(1) & torch.isfinite(fb[bad]).all(1)
+        codes[bad] = torch.where(fin, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
