@@ -445,3 +445,12 @@ def test_images_come_from_the_cell_world():
     ref = world.get("shapes", size=32, seed=3).sample(range(5), split="test")
     assert torch.equal(x, ref.images) and torch.equal(labels, ref.true_labels)
     assert torch.equal(idx, torch.arange(5))
+
+
+def test_verdict_stage_parameter(spy_method):
+    rows = CascadingRandomization().run(context("cascading_randomization", "sanity_spy", params={"verdict_stage": 3}))
+    assert {(r["stage"], r["block"], r["verdict_stage"]) for r in by(rows, series="verdict")} == {(3, "conv1", 3)}
+    n_calls = len(spy_method)
+    with pytest.raises(ConfigError, match="verdict_stage"):
+        CascadingRandomization().run(context("cascading_randomization", "sanity_spy", params={"verdict_stage": 4}))
+    assert len(spy_method) == n_calls          # refused before any explanation

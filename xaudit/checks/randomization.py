@@ -39,6 +39,9 @@ class _ParameterRandomization(SanityCheck):
     def stage_blocks(self, order: list[str], k: int) -> list[str]:
         raise NotImplementedError
 
+    def n_stages(self, run: SanityRun) -> int:
+        return len(self.block_order(run))
+
     def tested(self, run: SanityRun) -> Iterator[Tested]:
         from xaudit import zoo
 

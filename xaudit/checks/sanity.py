@@ -18,7 +18,7 @@ Two references are measured in the same cell, on the same images:
 Per image and comparison the similarities are (:data:`METRICS`): Spearman rank correlation of the
 abs maps and of the signed maps, SSIM of the 0-1 maps, HOG similarity of the 0-1 maps, and the
 Spearman correlation of the compared map's abs map with the ``edge`` baseline's map (is the method
-an edge detector?). Each map set is post-processed (and its HOG computed) once.
+an edge detector?). Each map set is post-processed, ranked and HOG-described once.
 
 Verdict (per method, metric and check; tau and the stage are parameters recorded in the rows), with
 95% bootstrap CIs over images:
@@ -34,7 +34,6 @@ data and logit tests the one comparison.
 """
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections import Counter
@@ -50,7 +49,6 @@ from xaudit.core import rng
 from xaudit.core.errors import ConfigError, NotApplicable, check_choice, check_range
 
 METRICS = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
-MAP_METRICS = METRICS[:4]                   # compare the tested map with the original map
 TARGETS = ("current", "original", "label")  # which logit each model explains
 SERIES = ("stage", "retrain_reference", "calibration", "verdict", "failures")
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -58,7 +56,8 @@ VERDICTS = ("pass", "fail", "inconclusive")
 VERDICT_RULE = ("fail if CI_low(similarity at the verdict stage) > tau; pass if CI_high(similarity) < tau and "
                 "CI_high(similarity - retrain reference, paired per image) < 0; else inconclusive")
 EDGE_METRIC = "spearman of the abs map with the abs map of the `edge` (Sobel) baseline"
-CALIBRATION = "similarity with the `random` baseline's map (uniform noise), expected about 0"
+NOTES = {"retrain_reference": "original map vs the map of the same spec trained with seed + reference_seed_offset",
+         "calibration": "original map vs the `random` baseline's map (uniform noise): about 0"}
 
 DEFAULTS: dict[str, Any] = {
     "n_images": 64,              # test images explained (the original used 200)
@@ -344,6 +343,10 @@ class SanityCheck(Check):
         """Check-specific columns added to every row."""
         return {}
 
+    def n_stages(self, run: "SanityRun") -> int:
+        """Number of tested stages (to validate ``verdict_stage`` before any work)."""
+        return 1
+
     # -- the protocol
     def run(self, ctx: CheckContext) -> list[dict[str, Any]]:
         p = resolve_params(self.name, dict(ctx.params or {}), self.extra_defaults)
@@ -378,9 +381,8 @@ class SanityRun:
         self.explain_seed = _seed(ctx.seed, f"sanity/explain/{ctx.method}")
         self.similarity = Similarity(p, self.x.shape[-1])
         self.blocks: list[str] = []
-        # original maps: explained once, reused by every comparison
         self.original_target = predict(self.model, self.x)
-        self.original = self.explain(self.model, self.target_for(self.model, self.original_target))
+        self.original: Maps | None = None
 
     # -- explaining
     def target_for(self, model, current: torch.Tensor | None = None) -> torch.Tensor:
@@ -388,7 +390,7 @@ class SanityRun:
         rule = self.p["target"]
         if rule == "label":
             return self.labels
-        if rule == "original" and hasattr(self, "original_target"):
+        if rule == "original":
             return self.original_target
         return current if current is not None else predict(model, self.x)
 
@@ -405,6 +407,9 @@ class SanityRun:
         from xaudit import explain
 
         ctx, p = self.ctx, self.p
+        verdict_stage(p["verdict_stage"], self.check.n_stages(self), f"{self.check.name}.verdict_stage")
+        # the original maps: explained once, reused by every comparison
+        self.original = self.explain(self.model, self.target_for(self.model, self.original_target))
         edge_raw = explain.get("edge")(self.model, self.x, self.original_target)
         self.edge = post_process(edge_raw, self.original_target, [None] * len(self.x))
         noise_seed = _seed(ctx.seed, "sanity/calibration")
@@ -473,7 +478,7 @@ class SanityRun:
             for metric in METRICS:
                 values, reasons = sims[(series, None)][metric]
                 out.append(row(ctx, **summary(metric, values, reasons, f"ci/{series}/{metric}"),
-                               series=series, stage=None, block=None, blocks="", **common))
+                               series=series, stage=None, block=None, blocks="", note=NOTES[series], **common))
         # verdicts at the verdict stage: the similarity's CI and the paired CI against the retrain reference
         block, blocks, _ = info[v_stage]
         for metric in METRICS:
