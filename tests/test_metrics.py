@@ -111,6 +111,10 @@ def test_device_kernels_agree_with_cpu_kernels(case):
         got = M.ssim(torch.from_numpy(a), torch.from_numpy(b), backend=backend)
         np.testing.assert_allclose(got.numpy(), M.ssim(torch.from_numpy(a).double(),
                                                        torch.from_numpy(b).double()).numpy(), atol=1e-12)
+    from xaudit.metrics.similarity import _top_k_membership_numpy
+    for k in (1, 50, 700):
+        np.testing.assert_allclose(M.top_k_membership(fa, k).numpy(), _top_k_membership_numpy(fa.numpy(), k),
+                                   atol=1e-12)
 
 
 def test_pair_shape_errors():

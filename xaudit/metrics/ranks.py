@@ -54,9 +54,17 @@ def _twice_ranks_numpy(x: np.ndarray, out_dtype=np.int64) -> np.ndarray:
     same = np.zeros((b, p), dtype=bool)                      # True where a value equals its predecessor
     np.equal(vals[:, 1:], vals[:, :-1], out=same[:, 1:])
     out = np.empty(n, dtype=out_dtype)
+    n_cont = int(np.count_nonzero(same))
+    if n_cont > n // 4:
+        # many ties (e.g. a mostly-zero map): one value per run, spread over the run, one scatter
+        start = np.flatnonzero(~same)                        # every run's start (same[:, 0] is False)
+        length = np.diff(start, append=n)
+        value = (2 * (start - (start // p) * p) + length + 1).astype(out_dtype)
+        out[flat_index] = np.repeat(value, length)
+        return out.reshape(b, p)
     out[flat_index] = _untied_ranks(b, p, out_dtype)         # as if there were no ties: 2 * position + 2
-    cont = np.flatnonzero(same)                              # sorted positions continuing a run of ties
-    if cont.size:
+    if n_cont:                                               # then fix the few runs of tied values
+        cont = np.flatnonzero(same)                          # sorted positions continuing a run
         first = ~same.reshape(-1)[cont - 1]                  # continuation right after the run's start
         start = cont[first] - 1                              # (runs never cross rows: same[:, 0] False)
         run = np.cumsum(first) - 1                           # run of each continuation

@@ -266,9 +266,15 @@ def _hog_cells_numpy(x: np.ndarray, orientations: int, c: int, bpb: int) -> np.n
     g_row = g_row[:, :hh, :ww].astype(np.float64)
     g_col = g_col[:, :hh, :ww].astype(np.float64)
     mag = np.hypot(g_col, g_row)
-    ori = np.rad2deg(np.arctan2(g_row, g_col)) % 180
-    edges = np.array([180.0 / orientations * (i + 1) for i in range(orientations)])
-    bins = np.searchsorted(edges, ori, side="right")           # == orientations: in no bin (ori == 180.0)
+    deg = np.rad2deg(np.arctan2(g_row, g_col))                  # in [-180, 180]
+    # skimage's orientation is deg % 180: deg + 180 (one rounding) for deg < 0, deg - 180 for deg >= 180
+    ori = deg + (deg < 0) * 180.0
+    # bin i holds 180/O*i <= ori < 180/O*(i+1), counted by comparisons (exactly skimage's tests);
+    # ori == 180.0 (a tiny negative deg rounded up) lands in no bin, as in skimage
+    bins = np.zeros(ori.shape, dtype=np.int64)
+    for i in range(1, orientations + 1):
+        bins += ori >= 180.0 / orientations * i
+    bins[deg >= 180.0] = 0                                       # deg % 180 == deg - 180 ~ 0: bin 0
 
     def by_cell(a):                                              # [m*ncr*ncc, c*c], row-major within a cell
         return a.reshape(m, ncr, c, ncc, c).transpose(0, 1, 3, 2, 4).reshape(m * ncr * ncc, c * c)
@@ -431,6 +437,17 @@ def top_k_membership(flat: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
     return above.to(torch.float64) + tied.to(torch.float64) * frac
 
 
+def _top_k_membership_numpy(x: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k_membership` for a CPU block (numpy's introselect finds the k-th largest value)."""
+    p = x.shape[1]
+    thr = np.partition(x, p - k, axis=1)[:, p - k:p - k + 1]
+    above = x > thr
+    tied = x == thr
+    need = k - np.count_nonzero(above, axis=1, keepdims=True)
+    frac = need / np.maximum(np.count_nonzero(tied, axis=1, keepdims=True), 1)
+    return above + tied * frac
+
+
 @MEASURES.register("top_k_intersection", kind="similarity", higher_is_better=True, range=(0.0, 1.0),
                    reference="fraction of shared top-k pixels (Quantus TopKIntersection against a map)",
                    nan_reasons=("nonfinite_input",))
@@ -447,16 +464,26 @@ def top_k_intersection(a: torch.Tensor, b: torch.Tensor, *, k: int | float = 0.1
     kk = _k_of(k, fa.shape[1])
     out = torch.empty(fa.shape[0], dtype=torch.float64, device=fa.device)
     clean = bool(finite.all())
+    if fa.device.type == "cpu":
+        xa_all, xb_all = _numpy_rows(fa), _numpy_rows(fb)
+        out_np = out.numpy()
 
-    def block(sl: slice) -> None:
-        xa, xb = fa[sl], fb[sl]
-        if not clean:
-            xa, xb = torch.nan_to_num(xa), torch.nan_to_num(xb)
-        pa = top_k_membership(xa, kk)
-        pb = top_k_membership(xb, kk)
-        out[sl] = torch.einsum("ij,ij->i", pa, pb) / kk
+        def block_np(sl: slice) -> None:
+            xa, xb = xa_all[sl], xb_all[sl]
+            if not clean:
+                xa, xb = np.nan_to_num(xa), np.nan_to_num(xb)
+            out_np[sl] = np.einsum("ij,ij->i", _top_k_membership_numpy(xa, kk),
+                                   _top_k_membership_numpy(xb, kk)) / kk
 
-    for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
+        run_blocks(block_np, fa.shape[0], max(1, _CPU_BLOCK // fa.shape[1]))
+    else:
+        def block(sl: slice) -> None:
+            xa, xb = fa[sl], fb[sl]
+            if not clean:
+                xa, xb = torch.nan_to_num(xa), torch.nan_to_num(xb)
+            out[sl] = torch.einsum("ij,ij->i", top_k_membership(xa, kk), top_k_membership(xb, kk)) / kk
+
+        for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
 
@@ -470,10 +497,18 @@ def mean_abs_diff(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = Fa
     fa, fb = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     out = torch.empty(fa.shape[0], dtype=torch.float64, device=fa.device)
 
-    def block(sl: slice) -> None:
-        out[sl] = (fa[sl] - fb[sl]).abs().mean(1, dtype=torch.float64)
+    if fa.device.type == "cpu":
+        xa, xb, out_np = _numpy_rows(fa), _numpy_rows(fb), out.numpy()
 
-    for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
+        def block_np(sl: slice) -> None:
+            np.mean(np.abs(xa[sl] - xb[sl]), axis=1, dtype=np.float64, out=out_np[sl])
+
+        run_blocks(block_np, fa.shape[0], max(1, _CPU_BLOCK // fa.shape[1]))
+    else:
+        def block(sl: slice) -> None:
+            out[sl] = (fa[sl] - fb[sl]).abs().mean(1, dtype=torch.float64)
+
+        for_blocks(block, fa.shape[0], fa.shape[1], fa.device)
     # a NaN or inf in a map makes its mean non-finite; only those rows need the exact check
     codes = torch.zeros(out.shape, dtype=torch.int8, device=out.device)
     bad = (~torch.isfinite(out)).nonzero().flatten()
