@@ -178,6 +178,16 @@ def test_spec_hash_ignores_name_and_tracks_content():
     assert zoo.load_spec({"base": "clean", "seed": 3}).hash == zoo.load_spec("clean", seed=3).hash
 
 
+def test_spec_round_trips_through_to_dict_and_base_switches_arch():
+    for name in ("trojans", "spurious", "adversarial"):
+        s = zoo.load_spec(name)
+        again = zoo.load_spec(json.loads(json.dumps(s.to_dict())))
+        assert again.hash == s.hash and again.bugs == s.bugs
+    r = zoo.load_spec({"base": "clean", "arch": {"name": "resnet", "width": 8}})
+    assert r.arch == {"name": "resnet", "width": 8}     # cnn's parameters are not inherited by resnet
+    assert zoo.load_spec({"base": "clean", "arch": {"hidden": 64}}).arch == {"name": "cnn", "hidden": 64}
+
+
 @pytest.mark.parametrize("over,field", [
     ({"trian": {}}, "trian"),
     ({"train": {"lr": -1}}, "train.lr"),

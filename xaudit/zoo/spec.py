@@ -19,7 +19,9 @@ A spec is a YAML mapping (or a dict). Shipped specs live in ``xaudit/specs/<name
       weight_decay: 0.0               # L2 (adam, sgd) or decoupled (adamw): over-regularization
       schedule: constant              # constant | cosine | onecycle
       noise_sigma: 0.0                # Gaussian-noise augmentation sd, in [0,1] pixel units, not clipped
-      adversarial: {eps: 0.0, steps: 0, step_size: null}   # L-inf PGD training; step_size default 2.5*eps/steps
+      adversarial: {eps: 0.0, steps: 0, step_size: null, ramp: 0.0}
+                                      # L-inf PGD training; step_size default 2.5*eps/steps; eps grows
+                                      # linearly from 0 over the first `ramp` fraction of the steps
       chunk: 10000                    # images rendered at a time
     eval:
       test_size: 5000                 # clean test accuracy on test indices range(test_size)
@@ -49,7 +51,7 @@ ZOO_FORMAT = 1  # bump when training or evaluation changes what a spec produces
 TRAIN_DEFAULTS: dict[str, Any] = {
     "train_size": 60000, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
     "momentum": 0.9, "weight_decay": 0.0, "schedule": "constant", "noise_sigma": 0.0,
-    "adversarial": {"eps": 0.0, "steps": 0, "step_size": None}, "chunk": 10000,
+    "adversarial": {"eps": 0.0, "steps": 0, "step_size": None, "ramp": 0.0}, "chunk": 10000,
 }
 DEFAULT_CRITERIA: dict[str, float] = {
     "asr": 0.9,                   # every trigger's attack success rate
@@ -61,7 +63,7 @@ DEFAULT_CRITERIA: dict[str, float] = {
     "noise_accuracy": 0.5,        # noise augmentation: accuracy on test images + N(0, sigma)
     "adversarial_accuracy": 0.3,  # adversarial training: PGD accuracy at the training eps
 }
-EVAL_DEFAULTS: dict[str, Any] = {"test_size": 5000, "trigger_size": 2000, "train_size": 5000, "criteria": {}}
+EVAL_DEFAULTS: dict[str, Any] = {"test_size": 5000, "trigger_size": 1000, "train_size": 5000, "criteria": {}}
 TOP_FIELDS = ("name", "description", "base", "seed", "world", "bugs", "arch", "train", "eval")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -222,8 +224,9 @@ class Spec:
         adv = tr["adversarial"]
         if not isinstance(adv, dict):
             raise ConfigError("train.adversarial", "must be a mapping {eps, steps, step_size}")
-        _unknown("train.adversarial", adv, ("eps", "steps", "step_size"))
-        adv = {"eps": 0.0, "steps": 0, "step_size": None, **adv}
+        _unknown("train.adversarial", adv, ("eps", "steps", "step_size", "ramp"))
+        adv = {"eps": 0.0, "steps": 0, "step_size": None, "ramp": 0.0, **adv}
+        adv["ramp"] = _float("train.adversarial.ramp", adv["ramp"], 0.0, 1.0)
         adv["eps"] = _float("train.adversarial.eps", adv["eps"], 0.0, 1.0)
         adv["steps"] = _int("train.adversarial.steps", adv["steps"], 0, 1000)
         if (adv["eps"] > 0) != (adv["steps"] > 0):

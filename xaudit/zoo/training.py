@@ -157,7 +157,7 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
                   torch.cat([p[1] for p in parts]))
         del parts
         render_s += time.perf_counter() - t
-    seen = correct = 0
+    seen = correct = step = 0
     last_epoch_correct = last_epoch_seen = 0
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g_shuffle)
@@ -175,7 +175,9 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
                 if sigma > 0:
                     x = x + sigma * torch.randn(x.shape, generator=g_aug)
                 if adv["eps"] > 0:
-                    x = pgd_attack(model, x, y, adv["eps"], adv["steps"], adv["step_size"], g_aug)
+                    ramp = min(1.0, (step + 1) / (adv["ramp"] * total_steps)) if adv["ramp"] > 0 else 1.0
+                    size = None if adv["step_size"] is None else adv["step_size"] * ramp
+                    x = pgd_attack(model, x, y, adv["eps"] * ramp, adv["steps"], size, g_aug)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -183,6 +185,7 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
                 opt.step()
                 if sched is not None:
                     sched.step()
+                step += 1
                 hits = int((logits.detach().argmax(1) == y).sum())
                 correct += hits
                 seen += len(y)

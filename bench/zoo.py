@@ -1,0 +1,144 @@
+"""Benchmark of the model zoo: accuracy, bug strength, training time and peak memory of shipped specs.
+
+    .venv/bin/python bench/zoo.py                       # clean, trojans, random-labels (the targets)
+    .venv/bin/python bench/zoo.py --specs all           # every shipped spec
+    XAUDIT_THREADS=1 .venv/bin/python bench/zoo.py      # training threads (default 2)
+
+Each spec is trained from scratch (no cache) in its own process, so that its peak resident memory is
+its own. Targets (issue 3): clean >= 95% test accuracy in <= 60 s of training on 2 cores; trojans
+keep clean accuracy within 2 points of clean with every attack success rate >= 0.9; random-labels
+>= 90% train accuracy on <= 5k images. Times are wall-clock seconds on this machine, which other
+jobs may share: the load average before and after each run is recorded with it, and CPU seconds
+too (process CPU time; with spin-waiting OpenMP threads under contention it over-counts).
+Writes bench/results/zoo.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPECS = ("clean", "trojans", "random-labels")
+
+
+def worker(name: str, seed: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from xaudit import zoo
+
+    t0 = time.perf_counter()
+    trained = zoo.train(name, seed=seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    card = dict(trained.card)
+    card["total_seconds"] = round(time.perf_counter() - t0, 2)
+    card.pop("spec", None)
+    if name == "clean":
+        # Are the bug criteria discriminative? Measure the clean model against every bug spec on its world:
+        # each must say bug_took = false.
+        against = {}
+        for other in zoo.spec_names():
+            spec = zoo.load_spec(other)
+            if other == "clean" or spec.world_config != trained.spec.world_config:
+                continue
+            c = zoo.make_card(trained.model, spec)
+            against[other] = {"bug_took": c["bug_took"],
+                              "criteria": {cr["bug"]: cr["value"] for cr in c["bug_criteria"]}}
+        card["clean_model_against_bug_specs"] = against
+    print(json.dumps(card, default=str))
+
+
+def run_one(name: str, seed: int, threads: int) -> dict:
+    env = {**os.environ, "XAUDIT_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    load_before = os.getloadavg()
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--worker", name, "--seed", str(seed)], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"training {name} failed:\n{proc.stderr[-4000:]}")
+    card = json.loads(proc.stdout.strip().splitlines()[-1])
+    card["process_seconds"] = round(wall, 2)
+    card["loadavg_before"] = [round(x, 2) for x in load_before]
+    card["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return card
+
+
+def summarize(card: dict) -> dict:
+    keys = ("spec_hash", "seed", "clean_accuracy", "train_accuracy", "attack_success_rate", "background_only_accuracy",
+            "object_only_accuracy", "flipped_label_fraction", "noise_accuracy", "adversarial_accuracy", "bug_took",
+            "images_seen", "train_seconds", "train_cpu_seconds", "render_seconds", "eval_seconds", "peak_rss_mb",
+            "threads", "num_params", "process_seconds", "loadavg_before", "loadavg_after",
+            "clean_model_against_bug_specs")
+    return {k: card[k] for k in keys if k in card}
+
+
+def targets(results: dict) -> dict:
+    out = {}
+    c = results.get("clean")
+    if c:
+        out["clean_accuracy>=0.95"] = c["clean_accuracy"] >= 0.95
+        out["clean_train_seconds<=60"] = c["train_seconds"] <= 60
+    t = results.get("trojans")
+    if t:
+        asr = t["attack_success_rate"]
+        out["trojans_every_asr>=0.9"] = bool(asr) and min(asr.values()) >= 0.9
+        out["trojans_n_triggers"] = len(asr)
+        if c:
+            out["trojans_clean_accuracy_drop_points"] = round(100 * (c["clean_accuracy"] - t["clean_accuracy"]), 2)
+            out["trojans_within_2_points"] = c["clean_accuracy"] - t["clean_accuracy"] <= 0.02
+    if c and "clean_model_against_bug_specs" in c:
+        out["clean_model_refused_by_every_bug_criterion"] = not any(
+            v["bug_took"] for v in c["clean_model_against_bug_specs"].values())
+    r = results.get("random-labels")
+    if r:
+        out["random_labels_train_accuracy>=0.9"] = r["train_accuracy"] >= 0.9
+        out["random_labels_images"] = r.get("train_size")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--specs", default=",".join(DEFAULT_SPECS), help="comma-separated spec names, or 'all'")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("XAUDIT_THREADS", "2")))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.seed)
+        return
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from xaudit import zoo
+
+    names = zoo.spec_names() if args.specs == "all" else [s.strip() for s in args.specs.split(",") if s.strip()]
+    results = {}
+    for name in names:
+        print(f"== {name} (threads {args.threads})", flush=True)
+        card = run_one(name, args.seed, args.threads)
+        row = summarize(card)
+        row["train_size"] = zoo.load_spec(name).train["train_size"]
+        row["epochs"] = zoo.load_spec(name).train["epochs"]
+        results[name] = row
+        print(json.dumps(row), flush=True)
+    report = {
+        "bench": "zoo",
+        "command": "XAUDIT_THREADS={} .venv/bin/python bench/zoo.py --specs {}".format(args.threads, args.specs),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "note": "cores shared with other jobs: see loadavg_before/after per run"},
+        "results": results,
+        "targets": targets(results),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["targets"], indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
