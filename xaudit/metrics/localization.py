@@ -55,7 +55,7 @@ def _mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ConfigError("mask", "must be bool or hold only 0 and 1")
         mask = mask != 0
-    mask = mask.to(like.device).reshape(mask.shape[0], -1)
+    mask = mask.to(like.device).flatten(1)
     count = mask.sum(1)
     empty = (count == 0).nonzero().flatten().tolist()
     full = (count == mask.shape[1]).nonzero().flatten().tolist()
@@ -73,7 +73,7 @@ def _mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _prep(attr, mask, reduce):
     m = reduce_channels(attr, reduce)
     g = _mask(mask, m)
-    flat = m.reshape(m.shape[0], -1).to(torch.float64)
+    flat = m.flatten(1).to(torch.float64)
     finite = torch.isfinite(flat).all(1)
     return torch.nan_to_num(flat), g, finite
 
