@@ -5,11 +5,12 @@ time, the passes it made (counted by the registry's hooks; per image = batch-equ
 
     ratio = wall / floor
 
-where the floor is the time of the same passes run as bare batched model calls over the 256 images
-(forward+backward w.r.t. the input for each backward pass, forward-only for the rest), timed right
-before and right after the method and averaged -- the machine is shared and its speed drifts, so a
-floor measured at another moment would not compare. ``ratio_cpu`` is the same with process CPU time;
-``ratio_fb`` = wall / (passes x one median forward+backward time), the issue's definition.
+where the floor is the time of the same passes run as bare model calls over the 256 images, in calls
+of ``internal_batch`` images like the method's own (forward+backward w.r.t. the input for each
+backward pass, forward-only for the rest), timed right before and right after the method and
+averaged -- the machine is shared and its speed drifts, so a floor measured at another moment would
+not compare. ``ratio_cpu`` is the same with process CPU time; ``ratio_fb`` = wall / (passes x the
+median time of one forward+backward over all 256 images in one call), the issue's definition.
 Target: <= 1.15 for the gradient family. Also sweeps ``internal_batch`` for Integrated Gradients and
 the per-image cost of a forward+backward pass by batch size (what DEFAULT_INTERNAL_BATCH rests on).
 
@@ -61,15 +62,21 @@ def images(n: int) -> torch.Tensor:
     return world.get("shapes", size=32).sample(range(n), split="test").images
 
 
-def pass_fns(model, x, target):
-    """One forward+backward (gradient w.r.t. the input) and one forward-only pass over all of x."""
+def pass_fns(model, x, target, chunk: int | None = None):
+    """One forward+backward (gradient w.r.t. the input) and one forward-only pass over all of x, in
+    model calls of ``chunk`` images (default: one call)."""
+    chunk = chunk or len(x)
+    parts = [(x[i:i + chunk], target[i:i + chunk]) for i in range(0, len(x), chunk)]
+
     def fwd_bwd():
-        xr = x.detach().clone().requires_grad_(True)
-        torch.autograd.grad(model(xr).gather(1, target[:, None]).sum(), xr)
+        for xc, tc in parts:
+            xr = xc.detach().clone().requires_grad_(True)
+            torch.autograd.grad(model(xr).gather(1, tc[:, None]).sum(), xr)
 
     def fwd():
         with torch.no_grad():
-            model(x)
+            for xc, _ in parts:
+                model(xc)
 
     return fwd_bwd, fwd
 
@@ -112,37 +119,47 @@ def floor_run(fwd_bwd, fwd, n_fb: float, n_f: float, cap: int):
     return wall * factor, cpu * factor
 
 
-def bench_method(name, model, x, target, params, cap: int):
+def bench_method(name, model, x, target, params, cap: int, repeats: int):
     """Time the method, and the same number of bare passes right before and right after it (their
-    mean is the floor), so that the ratio compares runs made under the same machine load."""
+    mean is the floor), so that each ratio compares runs made under the same machine load. Methods of
+    at most 60 passes per image are measured ``repeats`` times; the median ratio is reported."""
     ex = E.get(name, **params)
     try:
         ex(model, x[:2], target[:2])  # warm-up: lazy imports (sklearn for LIME), Captum set-up
     except NotApplicable as e:
         print(f"  {name:24s} not applicable: {e}", flush=True)
         return {"method": name, "family": ex.family, "not_applicable": str(e)}
-    fwd_bwd, fwd = pass_fns(model, x, target)
+    # the floor makes its passes in the model-call size the method uses (internal_batch images)
+    fwd_bwd, fwd = pass_fns(model, x, target, ex.params.get("internal_batch", E.DEFAULT_INTERNAL_BATCH))
     fwd_bwd(), fwd()
-    n_fb, n_f = ex.expected_passes(tuple(x.shape[1:])) or (0, 0)
-    n_f = max(n_f - n_fb, 0.0)
-    before = floor_run(fwd_bwd, fwd, n_fb, n_f, cap)
-    maps, wall, cpu = timed(lambda: ex(model, x, target))
-    after = floor_run(fwd_bwd, fwd, n_fb, n_f, cap)
+    forward, backward = ex.expected_passes(tuple(x.shape[1:])) or (0, 0)
+    n_fb, n_f = backward, max(forward - backward, 0.0)  # fwd+bwd passes, then forward-only ones
+    reps = repeats if n_fb + n_f <= 60 else 1
+    runs = []
+    for _ in range(reps):
+        before = floor_run(fwd_bwd, fwd, n_fb, n_f, cap)
+        maps, wall, cpu = timed(lambda: ex(model, x, target))
+        after = floor_run(fwd_bwd, fwd, n_fb, n_f, cap)
+        runs.append((wall, cpu, (before[0] + after[0]) / 2, (before[1] + after[1]) / 2))
     p = ex.last_passes
-    floor_wall, floor_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    ratios = [w / fw for w, _, fw, _ in runs if fw > 0]
+    cpu_ratios = [c / fc for _, c, _, fc in runs if fc > 0]
+    wall, cpu, floor_wall, floor_cpu = (statistics.median(v) for v in zip(*runs))
     t_fb, t_f = pass_times(model, x, target)
     passes = max(p.forward, p.backward)
-    row = {"method": name, "family": ex.family, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4),
+    row = {"method": name, "family": ex.family, "repeats": reps, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4),
            "ms_per_image": round(1000 * wall / len(x), 3),
            "passes_forward": p.forward, "passes_backward": p.backward,
            "floor_wall_s": round(floor_wall, 4), "floor_cpu_s": round(floor_cpu, 4),
-           "ratio": round(wall / floor_wall, 3) if floor_wall > 0 else None,
-           "ratio_cpu": round(cpu / floor_cpu, 3) if floor_cpu > 0 else None,
+           "ratio": round(statistics.median(ratios), 3) if ratios else None,
+           "ratio_cpu": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+           "ratios_each_repeat": [round(r, 3) for r in ratios],
            "t_fwd_bwd_s": round(t_fb, 5), "t_fwd_s": round(t_f, 5),
            "ratio_fb": round(wall / (passes * t_fb), 3) if passes > 0 else None,
            "finite": bool(torch.isfinite(maps).all())}
     print(f"  {name:24s} {wall:8.2f}s  passes f={p.forward:g} b={p.backward:g}  floor={floor_wall:7.2f}s  "
-          f"ratio={row['ratio']} cpu_ratio={row['ratio_cpu']}  (t_fb={1000 * t_fb:.0f}ms)", flush=True)
+          f"ratio={row['ratio']} {row['ratios_each_repeat']} cpu_ratio={row['ratio_cpu']}  "
+          f"(t_fb={1000 * t_fb:.0f}ms)", flush=True)
     return row
 
 
@@ -174,6 +191,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", choices=("clean", "fresh"), default="clean")
     ap.add_argument("--no-sweep", action="store_true", help="skip the internal_batch sweep")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of methods with <= 60 passes per image")
     ap.add_argument("--floor-cap", type=int, default=25,
                     help="bare passes timed before and after each method, at most (scaled to the method's count)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "explain.json"))
@@ -197,7 +215,7 @@ def main(argv=None) -> dict:
     rows = []
     t_start = time.perf_counter()
     for name in names:
-        rows.append(bench_method(name, model, x, target, {}, cap=args.floor_cap))
+        rows.append(bench_method(name, model, x, target, {}, cap=args.floor_cap, repeats=args.repeats))
     grad = [r["ratio"] for r in rows if r.get("family") == "gradient" and r.get("ratio")]
     result = {
         "bench": "explain",
@@ -205,8 +223,8 @@ def main(argv=None) -> dict:
         "n_images": args.n, "image_shape": list(x.shape[1:]), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "machine": platform.machine(), **model_info,
         "default_internal_batch": E.DEFAULT_INTERNAL_BATCH,
-        "ratio_definition": "wall / floor, floor = the time of the same passes as bare batched model calls over "
-                            "the n images (passes_backward forward+backward passes, then passes_forward - "
+        "ratio_definition": "wall / floor, floor = the time of the same passes as bare model calls of "
+                            "internal_batch images over the n images (passes_backward forward+backward passes, then passes_forward - "
                             "passes_backward forward passes), timed right before and right after the method "
                             "and averaged; ratio_cpu the same with process CPU time; ratio_fb = wall / "
                             "(max(passes) x one median fwd+bwd pass time). Passes per image = batch-equivalents.",

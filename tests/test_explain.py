@@ -418,7 +418,8 @@ def test_perturbation_methods_are_exact_on_a_linear_model(x, target):
     per_patch = F.avg_pool2d(contrib, p) * p * p  # sum over each patch
     expected = per_patch.repeat_interleave(p, 2).repeat_interleave(p, 3).expand(-1, C, -1, -1)
     for name, kw in [("feature_ablation", {}), ("occlusion", {"window_px": 4, "stride_px": 4}),
-                     ("shapley_value_sampling", {"samples": 2}), ("kernel_shap", {"samples": 60})]:
+                     ("shapley_value_sampling", {"samples": 2}), ("kernel_shap", {"samples": 60}),
+                     ("lime", {"samples": 60, "alpha": 1e-6})]:
         a = E.get(name, **kw)(lin, x, target)
         assert torch.allclose(a, expected, atol=1e-3, rtol=1e-3), name
 
@@ -454,6 +455,14 @@ def test_patch_and_slic_masks():
     # same partition (labels may be renumbered)
     pairs = {(int(a), int(b)) for a, b in zip(masks[0, 0].flatten(), torch.from_numpy(ref).flatten())}
     assert len(pairs) == len(np.unique(ref)) == int(masks[0].max()) + 1
+
+
+def test_lime_kernel_is_the_lime_package_kernel():
+    from xaudit.explain.perturbation import lime_kernel
+
+    z = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0, 0]])  # 2 of 9 features kept
+    d = 1 - 2 / math.sqrt(2 * 9)  # cosine distance to the all-ones coalition
+    assert float(lime_kernel(0.25)(None, None, z)) == pytest.approx(math.sqrt(math.exp(-d * d / 0.25 ** 2)))
 
 
 def test_lime_on_superpixels_runs(model, x, target):

@@ -232,8 +232,9 @@ def gradient_shap(model, x, target, samples=50, baselines="uniform", stdevs=0.0,
           passes=lambda p, s: (p["samples"], p["samples"]), validate=_check_shap)
 def expected_gradients(model, x, target, samples=50, baselines=None, stdevs=0.0, internal_batch=IB, *, generator):
     """Expected Gradients (Erion et al.): GradientSHAP with baselines drawn from data. Pass
-    ``baselines`` = training images [B, C, H, W] (the checks pass a fixed sample of the model's
-    training split); with None, the explained batch itself is the reference set."""
+    ``baselines`` = training images [B, C, H, W]: a check that knows the model's world should pass a
+    fixed sample of its training split (the method cannot see the world). With None, the explained
+    batch itself is the reference set."""
     pool = x if baselines is None else baselines
     if isinstance(pool, str):
         raise ConfigError("baselines", "expected_gradients needs data baselines: a tensor [B, C, H, W] or None")

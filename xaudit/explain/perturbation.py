@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr import FeatureAblation, KernelShap, Lime, Occlusion, ShapleyValueSampling
-from captum.attr._core.lime import get_exp_kernel_similarity_function
 
 from xaudit.core.errors import ConfigError, check_choice, check_range
 from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, check_int, check_internal_batch, chunked, register
@@ -182,6 +181,17 @@ class _SeededKernelShap(KernelShap):
             yield (rand_vals > threshold).to(device=device).long()
 
 
+def lime_kernel(kernel_width: float):
+    """The LIME package's sample weight: sqrt(exp(-d^2 / width^2)) with d the cosine distance between
+    the coalition vector z and the full coalition (all ones), d = 1 - sqrt(|z| / M). Computed on the
+    M-dimensional coalition, not on the image (Captum's default), which is also much cheaper."""
+    def similarity(original_inp, perturbed_inp, interpretable_sample, **kwargs):
+        m = interpretable_sample.numel()
+        d = 1.0 - math.sqrt(float(interpretable_sample.sum()) / m)
+        return torch.tensor([math.exp(-0.5 * d * d / (kernel_width * kernel_width))])
+    return similarity
+
+
 def _check_lime(p: dict[str, Any]) -> None:
     _check_features(p)
     check_int("samples", p["samples"], 2, 100_000)
@@ -192,18 +202,19 @@ def _check_lime(p: dict[str, Any]) -> None:
 
 
 @register("lime", family="perturbation", stochastic=True,
-          params={**FEATURE_PARAMS, "samples": 256, "alpha": 1.0, "kernel_width": 1.0, "seed": 0,
+          params={**FEATURE_PARAMS, "samples": 256, "alpha": 1.0, "kernel_width": 0.25, "seed": 0,
                   "internal_batch": IB},
           passes=lambda p, s: (p["samples"] + 1, 0), validate=_check_lime)
 def lime(model, x, target, features="patch", patch_px=4, n_segments=64, baseline=0.0, samples=256, alpha=1.0,
-         kernel_width=1.0, internal_batch=IB, *, generator):
+         kernel_width=0.25, internal_batch=IB, *, generator):
     """LIME (Captum Lime): a ridge (``alpha``) surrogate per image fitted to the target logit on
     ``samples`` random coalitions of features (each kept with probability 1/2, the others set to
-    ``baseline``), weighted by an exponential kernel of the cosine distance (``kernel_width``).
+    ``baseline``), weighted by :func:`lime_kernel` (``kernel_width``).
 
-    Ridge with alpha 1 is the surrogate of the LIME package; Captum's default, Lasso with alpha 0.01,
-    zeroes every coefficient when the logits vary little (an untrained or randomized model) and so
-    returns empty maps. Captum evaluates the unperturbed input once more per image (samples + 1)."""
+    Surrogate and kernel are the LIME package's (ridge, alpha 1; cosine distance of the coalition,
+    width 0.25). Captum's default surrogate, Lasso with alpha 0.01, zeroes every coefficient when the
+    logits vary little (an untrained or randomized model) and so returns empty maps. Captum evaluates
+    the unperturbed input once more per image (samples + 1)."""
     mask = feature_mask(x, features, patch_px, n_segments)
 
     def coalition(original_inp, **kwargs):
@@ -211,7 +222,7 @@ def lime(model, x, target, features="patch", patch_px=4, n_segments=64, baseline
         return torch.bernoulli(probs, generator=generator).long().to(x.device)
 
     explainer = Lime(model, interpretable_model=SkLearnRidge(alpha=alpha),
-                     similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width),
+                     similarity_func=lime_kernel(kernel_width),
                      perturb_func=coalition)
     with torch.no_grad():
         return explainer.attribute(x, baselines=float(baseline), target=target, feature_mask=mask,
