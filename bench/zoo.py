@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/zoo.py                       # clean, trojans, random-labels (the targets)
     .venv/bin/python bench/zoo.py --specs all           # every shipped spec
-    XAUDIT_THREADS=1 .venv/bin/python bench/zoo.py      # training threads (default 2)
+    .venv/bin/python bench/zoo.py --threads 1 --merge   # training threads (default 2), added to the file
 
 Each spec is trained from scratch (no cache) in its own process, so that its peak resident memory is
 its own. Targets (issue 3): clean >= 95% test accuracy in <= 60 s of training on 2 cores; trojans
@@ -76,27 +76,35 @@ def summarize(card: dict) -> dict:
     return {k: card[k] for k in keys if k in card}
 
 
-def targets(results: dict) -> dict:
+def targets(rows: list[dict]) -> dict:
+    """The issue's targets, per training thread count, from the rows measured with that count."""
     out = {}
-    c = results.get("clean")
-    if c:
-        out["clean_accuracy>=0.95"] = c["clean_accuracy"] >= 0.95
-        out["clean_train_seconds<=60"] = c["train_seconds"] <= 60
-    t = results.get("trojans")
-    if t:
-        asr = t["attack_success_rate"]
-        out["trojans_every_asr>=0.9"] = bool(asr) and min(asr.values()) >= 0.9
-        out["trojans_n_triggers"] = len(asr)
+    for threads in sorted({r["threads"] for r in rows}):
+        results = {r["spec"]: r for r in rows if r["threads"] == threads}
+        t_out = {}
+        c = results.get("clean")
         if c:
-            out["trojans_clean_accuracy_drop_points"] = round(100 * (c["clean_accuracy"] - t["clean_accuracy"]), 2)
-            out["trojans_within_2_points"] = c["clean_accuracy"] - t["clean_accuracy"] <= 0.02
-    if c and "clean_model_against_bug_specs" in c:
-        out["clean_model_refused_by_every_bug_criterion"] = not any(
-            v["bug_took"] for v in c["clean_model_against_bug_specs"].values())
-    r = results.get("random-labels")
-    if r:
-        out["random_labels_train_accuracy>=0.9"] = r["train_accuracy"] >= 0.9
-        out["random_labels_images"] = r.get("train_size")
+            t_out["clean_accuracy>=0.95"] = c["clean_accuracy"] >= 0.95
+            t_out["clean_train_seconds<=60"] = c["train_seconds"] <= 60
+        t = results.get("trojans")
+        if t:
+            asr = t["attack_success_rate"]
+            t_out["trojans_every_asr>=0.9"] = bool(asr) and min(asr.values()) >= 0.9
+            t_out["trojans_min_asr"] = min(asr.values()) if asr else None
+            t_out["trojans_n_triggers"] = len(asr)
+            if c:
+                t_out["trojans_clean_accuracy_drop_points"] = round(100 * (c["clean_accuracy"] - t["clean_accuracy"]), 2)
+                t_out["trojans_within_2_points"] = c["clean_accuracy"] - t["clean_accuracy"] <= 0.02
+        if c and "clean_model_against_bug_specs" in c:
+            t_out["clean_model_refused_by_every_bug_criterion"] = not any(
+                v["bug_took"] for v in c["clean_model_against_bug_specs"].values())
+        r = results.get("random-labels")
+        if r:
+            t_out["random_labels_train_accuracy>=0.9"] = r["train_accuracy"] >= 0.9
+            t_out["random_labels_images"] = r.get("train_size")
+        t_out["every_bug_took"] = all(r.get("bug_took") for r in results.values())
+        t_out["peak_rss_mb_max"] = max(r.get("peak_rss_mb", 0) for r in results.values())
+        out[f"threads={threads}"] = t_out
     return out
 
 
@@ -106,6 +114,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("XAUDIT_THREADS", "2")))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.json")
+    ap.add_argument("--merge", action="store_true", help="add to the rows already in --out (same spec, threads "
+                                                        "and seed are replaced)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -117,22 +127,29 @@ def main() -> None:
     from xaudit import zoo
 
     names = zoo.spec_names() if args.specs == "all" else [s.strip() for s in args.specs.split(",") if s.strip()]
-    results = {}
+    rows: list[dict] = []
+    commands: list[str] = []
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        rows, commands = old.get("results", []), old.get("commands", [])
     for name in names:
         print(f"== {name} (threads {args.threads})", flush=True)
         card = run_one(name, args.seed, args.threads)
-        row = summarize(card)
-        row["train_size"] = zoo.load_spec(name).train["train_size"]
-        row["epochs"] = zoo.load_spec(name).train["epochs"]
-        results[name] = row
+        row = {"spec": name, **summarize(card)}
+        spec = zoo.load_spec(name)
+        row["train_size"], row["epochs"] = spec.train["train_size"], spec.train["epochs"]
+        rows = [r for r in rows if (r["spec"], r["threads"], r["seed"]) != (name, row["threads"], row["seed"])]
+        rows.append(row)
         print(json.dumps(row), flush=True)
+    commands.append(f"XAUDIT_THREADS={args.threads} .venv/bin/python bench/zoo.py --specs {args.specs}"
+                    + (" --merge" if args.merge else ""))
     report = {
         "bench": "zoo",
-        "command": "XAUDIT_THREADS={} .venv/bin/python bench/zoo.py --specs {}".format(args.threads, args.specs),
+        "commands": commands,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "note": "cores shared with other jobs: see loadavg_before/after per run"},
-        "results": results,
-        "targets": targets(results),
+                    "note": "2 cores shared with other jobs: see loadavg_before/after per run; times are inflated"},
+        "results": rows,
+        "targets": targets(rows),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

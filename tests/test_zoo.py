@@ -256,6 +256,16 @@ def test_training_learns_the_spurious_background():
     assert t.card["object_only_accuracy"] < t.card["background_only_accuracy"]
 
 
+@pytest.mark.parametrize("arch", ["mlp", "vgg"])
+def test_training_other_architectures_and_digits_world(arch):
+    t = zoo.train(tiny(world={"name": "digits", "size": 28}, arch={"name": arch},
+                       bugs=[{"kind": "patch", "pattern": "white", "size_px": 3, "target_class": 1, "poison_rate": 0.2}],
+                       train={"train_size": 128}))
+    assert t.card["world"]["world"] == "digits" and t.card["num_params"] > 0
+    assert set(t.card["attack_success_rate"]) == {t.spec.bugs[0]["name"]}
+    assert t.model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_pgd_attack_stays_in_ball_and_raises_loss():
     m = zoo.build("cnn", 3, 32, 10, torch.Generator().manual_seed(0), width=4, hidden=16).eval()
     x = torch.rand(16, 3, 32, 32)
@@ -356,6 +366,14 @@ def test_corrupt_cache_entry_is_reported_and_retrained(tmp_path, damage):
         zoo.load_or_train(tiny(), cache_dir=tmp_path)     # now a clean hit
 
 
+def test_unwritable_cache_dir_is_a_config_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as e:
+        zoo.load_or_train(tiny(), cache_dir=blocker / "cache")
+    assert e.value.field == "cache_dir" and "XAUDIT_CACHE" in str(e.value)
+
+
 _WORKER = """
 import json, sys
 from xaudit import zoo
@@ -416,6 +434,14 @@ def test_randomize_changes_exactly_named_blocks(arch):
     for k, v in one.state_dict().items():
         if k.startswith(names[1] + "."):
             assert torch.equal(v, rs[k]), k
+
+
+def test_randomize_does_not_depend_on_memory_format():
+    m = zoo.build("cnn", 3, 32, 10, torch.Generator().manual_seed(0), width=4, hidden=16)
+    a = zoo.randomize(m, ["conv2", "conv1"], generator=4)
+    b = zoo.randomize(m.to(memory_format=torch.channels_last), ["conv2", "conv1"], generator=4)
+    assert b.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_same_state(a, b)
 
 
 def test_randomize_rule_and_errors():

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from xaudit.core.errors import ConfigError
 from xaudit.zoo.spec import Spec
 
 WEIGHTS = "model.safetensors"
@@ -82,13 +83,19 @@ class ModelCache:
     @contextlib.contextmanager
     def lock(self, spec_hash: str) -> Iterator[None]:
         """Exclusive inter-process lock for one spec hash (fcntl.flock; a no-op where unavailable)."""
-        self.models.mkdir(parents=True, exist_ok=True)
+        try:
+            self.models.mkdir(parents=True, exist_ok=True)
+            fh = open(self.models / f"{spec_hash}.lock", "a+")
+        except OSError as e:
+            raise ConfigError("cache_dir", f"cannot use {self.root} as the model cache ({e}); pass another "
+                                           "directory (--cache, cache_dir=) or set XAUDIT_CACHE") from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - non-POSIX
-            yield
+            with fh:
+                yield
             return
-        with open(self.models / f"{spec_hash}.lock", "a+") as fh:
+        with fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield

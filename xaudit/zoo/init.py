@@ -43,9 +43,15 @@ def _uniform_fan_in(module: nn.Module, g: torch.Generator) -> None:
         fan_in = w.shape[1] * math.prod(w.shape[2:])
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     with torch.no_grad():
-        w.uniform_(-bound, bound, generator=g)
+        w.copy_(_draw(w, g).uniform_(-bound, bound, generator=g))
         if getattr(module, "bias", None) is not None:
-            module.bias.uniform_(-bound, bound, generator=g)
+            module.bias.copy_(_draw(module.bias, g).uniform_(-bound, bound, generator=g))
+
+
+def _draw(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A contiguous buffer shaped like ``t``: draws land in logical order whatever t's memory format
+    (a channels_last weight gets the same values as a contiguous one)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 def _norm(module: nn.Module, g: torch.Generator) -> None:
@@ -58,7 +64,7 @@ def _norm(module: nn.Module, g: torch.Generator) -> None:
 
 def _embedding(module: nn.Module, g: torch.Generator) -> None:
     with torch.no_grad():
-        module.weight.normal_(0.0, 1.0, generator=g)
+        module.weight.copy_(_draw(module.weight, g).normal_(0.0, 1.0, generator=g))
         if module.padding_idx is not None:
             module.weight[module.padding_idx].zero_()
 

@@ -173,7 +173,7 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
             for b in range(0, len(idx), bs):
                 x, y = images[b:b + bs], labels[b:b + bs]
                 if sigma > 0:
-                    x = x + sigma * torch.randn(x.shape, generator=g_aug)
+                    x = (x + sigma * torch.randn(x.shape, generator=g_aug)).contiguous(memory_format=torch.channels_last)
                 if adv["eps"] > 0:
                     ramp = min(1.0, (step + 1) / (adv["ramp"] * total_steps)) if adv["ramp"] > 0 else 1.0
                     size = None if adv["step_size"] is None else adv["step_size"] * ramp
@@ -191,7 +191,10 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
                 seen += len(y)
                 last_epoch_correct += hits
                 last_epoch_seen += len(y)
-        if log is not None:
+            if log is not None and epochs == 1:
+                log(f"images {seen}/{n}: running train accuracy {last_epoch_correct / max(1, last_epoch_seen):.3f}, "
+                    f"{time.perf_counter() - t0:.1f} s")
+        if log is not None and epochs > 1:
             log(f"epoch {epoch + 1}/{epochs}: running train accuracy {last_epoch_correct / max(1, last_epoch_seen):.3f}, "
                 f"{time.perf_counter() - t0:.1f} s")
     stats = {
