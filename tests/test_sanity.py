@@ -16,7 +16,7 @@ from xaudit.checks import base as checks_base
 from xaudit.checks.base import CheckContext, ModelRef, ROW_COLUMNS
 from xaudit.checks.random_logit import random_other_class
 from xaudit.checks.randomization import CascadingRandomization, IndependentRandomization
-from xaudit.checks.sanity import (METRICS, VERDICTS, Maps, Similarity, bootstrap_mean_ci, explain_robust,
+from xaudit.checks.sanity import (METRICS, VERDICTS, Maps, Similarity, bootstrap_mean_cis, explain_robust,
                                   post_process, resolve_params, verdict, verdict_stage)
 from xaudit.core.errors import ConfigError
 from xaudit.core.rng import generator
@@ -130,19 +130,21 @@ def test_verdict_stage_is_top_half():
 
 def test_bootstrap_ci_matches_scipy():
     g = np.random.default_rng(0)
-    v = g.normal(0.3, 0.2, size=80)
-    mean, lo, hi, n = bootstrap_mean_ci(torch.tensor(v), n_boot=4000, level=0.95, seed=1)
-    ref = scipy.stats.bootstrap((v,), np.mean, n_resamples=20000, confidence_level=0.95, method="percentile",
-                                random_state=0).confidence_interval
-    assert n == 80 and mean == pytest.approx(v.mean())
-    assert lo == pytest.approx(ref.low, abs=0.01) and hi == pytest.approx(ref.high, abs=0.01)
+    v = g.normal(0.3, 0.2, size=(2, 80))
+    v[1, :40] = math.nan                        # rows are independent samples; NaN entries are dropped
+    (mean0, lo0, hi0, n0), (mean1, lo1, hi1, n1) = bootstrap_mean_cis(torch.tensor(v), 4000, 0.95, seed=1)
+    for (mean, lo, hi, n), row_values in (((mean0, lo0, hi0, n0), v[0]), ((mean1, lo1, hi1, n1), v[1, 40:])):
+        ref = scipy.stats.bootstrap((row_values,), np.mean, n_resamples=20000, confidence_level=0.95,
+                                    method="percentile", random_state=0).confidence_interval
+        assert n == len(row_values) and mean == pytest.approx(row_values.mean())
+        assert lo == pytest.approx(ref.low, abs=0.012) and hi == pytest.approx(ref.high, abs=0.012)
 
 
-def test_bootstrap_ci_ignores_nan_and_handles_empty():
-    v = torch.tensor([0.1, math.nan, 0.3, math.nan, 0.2], dtype=torch.float64)
-    mean, lo, hi, n = bootstrap_mean_ci(v, n_boot=500, level=0.95, seed=0)
+def test_bootstrap_ci_handles_tiny_and_empty_rows():
+    v = torch.tensor([[0.1, math.nan, 0.3, math.nan, 0.2], [math.nan] * 5], dtype=torch.float64)
+    (mean, lo, hi, n), empty = bootstrap_mean_cis(v, 500, 0.95, seed=0)
     assert n == 3 and mean == pytest.approx(0.2) and 0.1 <= lo <= mean <= hi <= 0.3
-    assert bootstrap_mean_ci(torch.tensor([math.nan]), 500, 0.95, 0)[3] == 0
+    assert empty[3] == 0 and math.isnan(empty[0])
 
 
 def test_params_are_validated():

@@ -132,15 +132,17 @@ def verdict(sim_ci: tuple[float, float], diff_ci: tuple[float, float], tau: floa
     return "inconclusive"
 
 
-def bootstrap_mean_ci(values: torch.Tensor, n_boot: int, level: float, seed: int
-                      ) -> tuple[float, float, float, int]:
-    """(mean, ci_low, ci_high, n) of the finite entries of ``values`` [N]: the percentile bootstrap of
-    :func:`xaudit.metrics.bootstrap_ci` with a generator seeded by ``seed``. NaN when n == 0."""
+def bootstrap_mean_cis(values: torch.Tensor, n_boot: int, level: float, seed: int
+                       ) -> list[tuple[float, float, float, int]]:
+    """Per row of ``values`` [B, N]: (mean, ci_low, ci_high, n) of its finite entries, by the percentile
+    bootstrap of :func:`xaudit.metrics.bootstrap_ci` (rows resampled independently, in one batch) with a
+    generator seeded by ``seed``. NaN mean and CI where a row has no finite value."""
     from xaudit import metrics
 
-    ci = metrics.bootstrap_ci(values.detach().double().flatten().cpu(), level=level, n_boot=n_boot,
+    ci = metrics.bootstrap_ci(values.detach().double().cpu(), level=level, n_boot=n_boot,
                               generator=rng.generator(seed))
-    return float(ci.estimate), float(ci.low), float(ci.high), int(ci.n)
+    return [(float(ci.estimate[i]), float(ci.low[i]), float(ci.high[i]), int(ci.n[i]))
+            for i in range(values.shape[0])]
 
 
 # ------------------------------------------------------------------------------------- the maps
@@ -447,8 +449,12 @@ class SanityRun:
                 "n_boot": int(p["n_boot"]), "reference_seed": self.ctx.seed + p["reference_seed_offset"],
                 "edge_metric": EDGE_METRIC, **self.similarity.columns(), **self.check.extra_columns(self)}
 
-    def _ci(self, values: torch.Tensor, stream: str) -> tuple[float, float, float, int]:
-        return bootstrap_mean_ci(values, self.p["n_boot"], self.p["ci_level"], _seed(self.ctx.seed, stream))
+    def _cis(self, series: dict[tuple, torch.Tensor]) -> dict[tuple, tuple[float, float, float, int]]:
+        """(mean, ci_low, ci_high, n) for every keyed series of per-image values [N], in one batch."""
+        keys = list(series)
+        out = bootstrap_mean_cis(torch.stack([series[k] for k in keys]), self.p["n_boot"], self.p["ci_level"],
+                                 _seed(self.ctx.seed, "sanity/ci"))
+        return dict(zip(keys, out))
 
     def rows(self, sims, stages: list[Tested], reference: Maps, calibration: Maps, v_stage: int
              ) -> list[dict[str, Any]]:
@@ -456,9 +462,15 @@ class SanityRun:
         ctx, p = self.ctx, self.p
         common = self.common()
         out: list[dict[str, Any]] = []
+        series = {(name, stage, metric): sims[(name, stage)][metric][0]
+                  for (name, stage) in sims for metric in METRICS}
+        for metric in METRICS:   # paired: tested minus retrain reference, per image
+            series[("diff", v_stage, metric)] = (sims[("stage", v_stage)][metric][0]
+                                                 - sims[("retrain_reference", None)][metric][0])
+        cis = self._cis(series)
 
-        def summary(metric: str, values: torch.Tensor, reasons: list, stream: str) -> dict[str, Any]:
-            mean, lo, hi, k = self._ci(values, stream)
+        def summary(metric: str, values: torch.Tensor, reasons: list, key: tuple) -> dict[str, Any]:
+            mean, lo, hi, k = cis[key]
             why = Counter(r for r, v in zip(reasons, values.tolist()) if not math.isfinite(v))
             return {"metric": metric, "value": _nan_none(mean), "ci_low": _nan_none(lo),
                     "ci_high": _nan_none(hi), "n": k, "n_excluded": len(values) - k,
@@ -471,21 +483,21 @@ class SanityRun:
             agree = float((maps.target == original_target).double().mean())
             for metric in METRICS:
                 values, reasons = sims[("stage", stage)][metric]
-                out.append(row(ctx, **summary(metric, values, reasons, f"ci/stage/{stage}/{metric}"),
+                out.append(row(ctx, **summary(metric, values, reasons, ("stage", stage, metric)),
                                series="stage", stage=stage, block=block, blocks=",".join(blocks),
                                target_agreement=agree, **common))
-        for series in ("retrain_reference", "calibration"):
+        for name in ("retrain_reference", "calibration"):
             for metric in METRICS:
-                values, reasons = sims[(series, None)][metric]
-                out.append(row(ctx, **summary(metric, values, reasons, f"ci/{series}/{metric}"),
-                               series=series, stage=None, block=None, blocks="", note=NOTES[series], **common))
+                values, reasons = sims[(name, None)][metric]
+                out.append(row(ctx, **summary(metric, values, reasons, (name, None, metric)),
+                               series=name, stage=None, block=None, blocks="", note=NOTES[name], **common))
         # verdicts at the verdict stage: the similarity's CI and the paired CI against the retrain reference
         block, blocks, _ = info[v_stage]
         for metric in METRICS:
             values, reasons = sims[("stage", v_stage)][metric]
             ref_values, _ = sims[("retrain_reference", None)][metric]
-            s = summary(metric, values, reasons, f"ci/stage/{v_stage}/{metric}")
-            dmean, dlo, dhi, dk = self._ci(values - ref_values, f"ci/diff/{v_stage}/{metric}")
+            s = summary(metric, values, reasons, ("stage", v_stage, metric))
+            dmean, dlo, dhi, dk = cis[("diff", v_stage, metric)]
             ref_ok = ref_values[torch.isfinite(ref_values)]
             v = verdict((_nan(s["ci_low"]), _nan(s["ci_high"])), (dlo, dhi), p["tau"])
             out.append(row(ctx, **s, verdict=v, series="verdict", stage=v_stage, block=block,
@@ -572,13 +584,15 @@ def _seed(seed: int, stream: str) -> int:
 
 
 # ------------------------------------------------------------------------------- images, models
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """int64 [N]: the model's argmax class."""
+    """int64 [N]: the model's argmax class (eval mode for the call; channels-last input, which CPU
+    convolutions run faster; the values do not depend on the layout)."""
     was = model.training
     model.eval()
     try:
-        return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        return torch.cat([model(x[i:i + batch].contiguous(memory_format=torch.channels_last)).argmax(1)
+                          for i in range(0, len(x), batch)])
     finally:
         model.train(was)
 
