@@ -46,7 +46,6 @@ class _ParameterRandomization(SanityCheck):
         from xaudit import zoo
 
         order = self.block_order(run)
-        run.blocks = order
         seed = _seed(run.ctx.seed, "sanity/randomize")
         for k in range(1, len(order) + 1):
             names = self.stage_blocks(order, k)

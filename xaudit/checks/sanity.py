@@ -326,7 +326,6 @@ class SanityCheck(Check):
     citation = ("Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim. Sanity Checks for Saliency Maps. "
                 "NeurIPS 2018")
     extra_defaults: ClassVar[dict[str, Any]] = {}
-    stage_axis: ClassVar[str] = "stage"     # how the report labels the x axis
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -382,7 +381,6 @@ class SanityRun:
         self.explainer = explain.get(ctx.method, **(ctx.method_params or {}))
         self.explain_seed = _seed(ctx.seed, f"sanity/explain/{ctx.method}")
         self.similarity = Similarity(p, self.x.shape[-1])
-        self.blocks: list[str] = []
         self.original_target = predict(self.model, self.x)
         self.original: Maps | None = None
 

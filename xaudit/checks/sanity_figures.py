@@ -7,7 +7,8 @@
   verdict in the legend. Single-comparison checks (data randomization, random logit) are drawn as
   points with CI bars per method.
 - Grid (from the npz files the checks write under the artifacts directory): the paper's figure,
-  abs maps per method (rows) x stage (columns) for one input, the input in the first column.
+  abs maps per method (rows) x stage (columns) for one input, the input in the first column and the
+  retrain reference's map (same spec, other seed) in the last.
 
 Matplotlib's object API with the Agg canvas: no pyplot, no global state.
 """
@@ -141,7 +142,7 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
         ds = sorted(ds, key=lambda d: str(d["method"]))
         n_img = min(int(d["abs"].shape[1]) for d in ds)
         for i in range(min(n_inputs, n_img)):
-            n_cols = 1 + max(int(d["abs"].shape[0]) for d in ds)
+            n_cols = 2 + max(int(d["abs"].shape[0]) for d in ds)   # input, stages, retrained model
             fig = Figure(figsize=(1.15 * n_cols, 1.2 * len(ds) + 0.6))
             axes = fig.subplots(len(ds), n_cols, squeeze=False)
             for r, d in enumerate(ds):
@@ -156,8 +157,11 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
                         ax.text(0.5, 0.5, "failed", color="red", ha="center", va="center", transform=ax.transAxes)
                     if r == 0:
                         ax.set_title(str(d["stage_labels"][s]), fontsize=7, rotation=30)
-                for s in range(d["abs"].shape[0] + 1, n_cols):
+                for s in range(d["abs"].shape[0] + 1, n_cols - 1):
                     axes[r][s].set_visible(False)
+                axes[r][-1].imshow(d["reference_abs"][i].astype(np.float32), cmap="gray", vmin=0, vmax=1)
+                if r == 0:
+                    axes[r][-1].set_title("retrained\n(other seed)", fontsize=7)
             for row_axes in axes:
                 for ax in row_axes:
                     ax.set_xticks([])
