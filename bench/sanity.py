@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xaudit import explain, world, zoo  # noqa: E402
-from xaudit.checks.base import CheckContext, ModelRef  # noqa: E402
+from xaudit.checks.base import CheckContext  # noqa: E402
 from xaudit.checks.randomization import CascadingRandomization  # noqa: E402
 from xaudit.checks.sanity import predict  # noqa: E402
 from xaudit.core import model as core_model  # noqa: E402

@@ -16,7 +16,7 @@ from xaudit.checks import base as checks_base
 from xaudit.checks.base import CheckContext, ModelRef, ROW_COLUMNS
 from xaudit.checks.random_logit import random_other_class
 from xaudit.checks.randomization import CascadingRandomization, IndependentRandomization
-from xaudit.checks.sanity import (METRICS, VERDICTS, Maps, Similarity, bootstrap_mean_cis, explain_robust,
+from xaudit.checks.sanity import (METRICS, VERDICTS, Similarity, bootstrap_mean_cis, explain_robust,
                                   post_process, resolve_params, verdict, verdict_stage)
 from xaudit.core.errors import ConfigError
 from xaudit.core.rng import generator

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from xaudit.checks.base import CHECKS, ModelRef
-from xaudit.checks.sanity import VERDICT_RULE, SanityCheck, SanityRun, Tested, resolve_params
+from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested, resolve_params
 from xaudit.core.errors import ConfigError
 
 
@@ -20,7 +20,7 @@ class DataRandomization(SanityCheck):
     name = "data_randomization"
     extra_defaults = {"random_label_spec": "random-labels", "require_bug_took": True}
     description = ("Train the same architecture on permuted labels (random-labels) and compare its maps with the "
-                   "true-label model's maps on the same test images: " + VERDICT_RULE + ".")
+                   "true-label model's maps on the same test images: " + VERDICT_RULE + "." + METRICS_NOTE)
 
     def models(self, ctx_params: dict[str, Any], model_group: str, seed: int) -> list[ModelRef]:
         p = resolve_params(self.name, dict(ctx_params or {}), self.extra_defaults)

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from xaudit.checks.base import CHECKS
-from xaudit.checks.sanity import VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed, num_classes
+from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed, num_classes
 from xaudit.core import rng
 
 
@@ -27,7 +27,7 @@ class RandomLogit(SanityCheck):
     """Explained class vs a random other class, same model."""
     name = "random_logit"
     description = ("Explain each image for its predicted class and for a random other class (seeded), same model, "
-                   "and compare the two maps: " + VERDICT_RULE + ".")
+                   "and compare the two maps: " + VERDICT_RULE + "." + METRICS_NOTE)
 
     def tested(self, run: SanityRun) -> Iterator[Tested]:
         k = num_classes(run.model, run.x)

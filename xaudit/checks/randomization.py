@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterator
 
 from xaudit.checks.base import CHECKS
-from xaudit.checks.sanity import VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed
+from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed
 from xaudit.core import model as core_model
 from xaudit.core.errors import ConfigError
 
@@ -69,7 +69,7 @@ class CascadingRandomization(_ParameterRandomization):
     description = ("Re-initialize the model's blocks from the output to the input, cumulatively (stage k: the top "
                    "k blocks re-initialized), and compare each stage's maps with the trained model's maps on the "
                    "same images. A method that depends on the model must move: " + VERDICT_RULE +
-                   ", read at the stage where the top half of the blocks is re-initialized.")
+                   ", read at the stage where the top half of the blocks is re-initialized." + METRICS_NOTE)
 
     def stage_blocks(self, order: list[str], k: int) -> list[str]:
         return order[:k]
@@ -82,7 +82,7 @@ class IndependentRandomization(_ParameterRandomization):
     mode = "independent"
     description = ("Re-initialize one block at a time (stage k: block k from the output alone; all others "
                    "trained) and compare with the trained model's maps: " + VERDICT_RULE +
-                   ", read at the block ceil(K/2) from the output.")
+                   ", read at the block ceil(K/2) from the output." + METRICS_NOTE)
 
     def stage_blocks(self, order: list[str], k: int) -> list[str]:
         return [order[k - 1]]

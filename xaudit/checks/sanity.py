@@ -56,6 +56,11 @@ VERDICTS = ("pass", "fail", "inconclusive")
 VERDICT_RULE = ("fail if CI_low(similarity at the verdict stage) > tau; pass if CI_high(similarity) < tau and "
                 "CI_high(similarity - retrain reference, paired per image) < 0; else inconclusive")
 EDGE_METRIC = "spearman of the abs map with the abs map of the `edge` (Sobel) baseline"
+METRICS_NOTE = (" Metrics per image: Spearman of abs maps and of signed maps (reported separately: on zero "
+                "backgrounds input-times-gradient methods tie on abs maps), SSIM of 0-1 maps, HOG similarity; "
+                "edge_similarity is the tested map's Spearman with the Sobel edge map (same rule: failing means "
+                "the maps stay edge maps). The retrain reference (same spec, another seed) and a random-map "
+                "calibration are measured on the same images.")
 NOTES = {"retrain_reference": "original map vs the map of the same spec trained with seed + reference_seed_offset",
          "calibration": "original map vs the `random` baseline's map (uniform noise): about 0"}
 
