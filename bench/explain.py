@@ -163,24 +163,31 @@ def bench_method(name, model, x, target, params, cap: int, repeats: int):
     return row
 
 
-def sweep_internal_batch(model, x, target, sizes, steps: int = 50):
-    """IG (steps) on x at several internal batch sizes, and per-image fwd+bwd cost by batch size."""
+def sweep_internal_batch(model, x, target, sizes, steps: int = 50, rounds: int = 3):
+    """IG (``steps``) on x at several internal batch sizes, round-robin over ``rounds`` so that load
+    drift hits every size alike; the median per size. Also the per-image cost of one forward+backward
+    at each batch size."""
+    explainers = {ib: E.get("integrated_gradients", steps=steps, internal_batch=ib) for ib in sizes}
+    for ex in explainers.values():
+        ex(model, x[:2], target[:2])
+    ig = {ib: [] for ib in sizes}
+    fb = {ib: [] for ib in sizes}
+    for _ in range(rounds):
+        for ib in sizes:
+            ig[ib].append(timed(lambda: explainers[ib](model, x, target))[1])
+            reps = max(1, -(-ib // len(x)))
+            xb, tb = x.repeat(reps, 1, 1, 1)[:ib], target.repeat(reps)[:ib]
+            f, _ = pass_fns(model, xb, tb)
+            f()
+            fb[ib].append(timed(f)[1] / len(xb))
     rows = []
     for ib in sizes:
-        ex = E.get("integrated_gradients", steps=steps, internal_batch=ib)
-        ex(model, x[:2], target[:2])
-        ts = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            ex(model, x, target)
-            ts.append(time.perf_counter() - t0)
-        reps = max(1, ib // len(x))
-        xb, tb = x.repeat(reps, 1, 1, 1)[:max(ib, 1)], target.repeat(reps)[:max(ib, 1)]
-        t_fb, _ = pass_times(model, xb, tb)
-        rows.append({"internal_batch": ib, "ig_wall_s": round(min(ts), 4),
-                     "ig_ms_per_image_step": round(1000 * min(ts) / (len(x) * steps), 4),
-                     "fwd_bwd_ms_per_image_at_this_batch": round(1000 * t_fb / len(xb), 4)})
-        print(f"  internal_batch={ib:5d}  IG {min(ts):6.2f}s  fwd+bwd {1000 * t_fb / len(xb):.3f} ms/image", flush=True)
+        t_ig, t_fb = statistics.median(ig[ib]), statistics.median(fb[ib])
+        rows.append({"internal_batch": ib, "ig_wall_s": round(t_ig, 4),
+                     "ig_ms_per_image_step": round(1000 * t_ig / (len(x) * steps), 4),
+                     "fwd_bwd_ms_per_image_at_this_batch": round(1000 * t_fb, 4)})
+        print(f"  internal_batch={ib:5d}  IG {t_ig:6.2f}s ({1000 * t_ig / (len(x) * steps):.3f} ms/image-step)  "
+              f"fwd+bwd {1000 * t_fb:.3f} ms/image", flush=True)
     return rows
 
 
@@ -209,7 +216,7 @@ def main(argv=None) -> dict:
     sweep = []
     if not args.no_sweep:
         print("internal_batch sweep (IG, 50 steps, 64 images):", flush=True)
-        sweep = sweep_internal_batch(model, x[:64], target[:64], [32, 64, 128, 256, 512, 3200])
+        sweep = sweep_internal_batch(model, x[:64], target[:64], [16, 32, 64, 128, 256, 512, 3200])
 
     print("methods:", flush=True)
     rows = []

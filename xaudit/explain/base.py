@@ -45,9 +45,9 @@ from xaudit.core.rng import generator as make_generator
 FAMILIES = ("gradient", "modified_backprop", "perturbation", "cam", "baseline")
 
 # Images per model call for methods that expand the batch (IG steps, noise samples, perturbations).
-# Measured by bench/explain.py (see bench/README.md): on 2 CPU cores with the zoo CNN, chunks of
-# 64-256 images cost the same per image within noise, while multi-thousand-image batches are 2x slower.
-DEFAULT_INTERNAL_BATCH = 128
+# Measured by bench/explain.py's sweep (bench/README.md), zoo CNN, 32x32, one thread: IG costs
+# 0.55 ms per image-step in calls of 64 images, +9% at 128, +31% at 256, +86% at 3,200.
+DEFAULT_INTERNAL_BATCH = 64
 
 # Inputs must lie in [0, 1]; this slack absorbs float round-off of upstream transforms.
 RANGE_TOLERANCE = 1e-5

@@ -119,12 +119,12 @@ def _noisy_gradient_moments(model, x, target, samples: int, noise: float, genera
         while done < samples:
             k = min(per_call, samples - done)
             eps = torch.randn((k, *xc.shape), generator=generator, device=generator.device, dtype=xc.dtype)
-            noisy = xc.unsqueeze(0) + eps.to(xc.device) * sd.view(1, r, 1, 1, 1)
-            g = sal.attribute(noisy.reshape(k * r, *xc.shape[1:]), target=tc.repeat(k), abs=False)
-            g = g.view(k, *xc.shape).double()
-            total[i:i + r] += g.sum(0)
+            noisy = eps.to(xc.device).mul_(sd.view(1, r, 1, 1, 1)).add_(xc)  # in place: x + eps * sd
+            g = sal.attribute(noisy.view(k * r, *xc.shape[1:]), target=tc.repeat(k), abs=False)
+            g = g.view(k, *xc.shape)
+            total[i:i + r] += g.sum(0, dtype=torch.float64)
             if second:
-                total_sq[i:i + r] += (g * g).sum(0)
+                total_sq[i:i + r] += g.double().square_().sum(0)  # float64: var_grad subtracts mean^2
             done += k
     mean = total / samples
     return mean, (None if total_sq is None else total_sq / samples)

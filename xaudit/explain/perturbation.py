@@ -16,6 +16,7 @@ generator, not from the global RNG Captum would use.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -29,6 +30,20 @@ from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, check_int, check_interna
 
 IB = DEFAULT_INTERNAL_BATCH
 FEATURES = ("patch", "slic")
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """The per-image surrogate fits (scikit-learn, OpenBLAS) run single-threaded: OpenBLAS worker
+    threads busy-wait between the many tiny fits and starved torch's threads -- KernelSHAP ran 4x
+    slower on 2 cores without this (bench/README.md). threadpoolctl comes with scikit-learn."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------------- feature masks
@@ -224,7 +239,7 @@ def lime(model, x, target, features="patch", patch_px=4, n_segments=64, baseline
     explainer = Lime(model, interpretable_model=SkLearnRidge(alpha=alpha),
                      similarity_func=lime_kernel(kernel_width),
                      perturb_func=coalition)
-    with torch.no_grad():
+    with torch.no_grad(), _one_blas_thread():
         return explainer.attribute(x, baselines=float(baseline), target=target, feature_mask=mask,
                                    n_samples=samples, perturbations_per_eval=min(samples, internal_batch))
 
@@ -238,6 +253,6 @@ def kernel_shap(model, x, target, features="patch", patch_px=4, n_segments=64, b
     drawn from the Shapley kernel (the full and the empty coalition included)."""
     mask = feature_mask(x, features, patch_px, n_segments)
     explainer = _SeededKernelShap(model, generator)
-    with torch.no_grad():
+    with torch.no_grad(), _one_blas_thread():
         return explainer.attribute(x, baselines=float(baseline), target=target, feature_mask=mask,
                                    n_samples=samples, perturbations_per_eval=min(samples, internal_batch))
