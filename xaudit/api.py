@@ -139,7 +139,9 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
 
     from xaudit.report import render_terminal, scorecard
 
-    err = Console(stderr=True)
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False)
     try:
         res = run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache_dir,
                   progress=None)
@@ -155,6 +157,6 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
     if s.failed:
         err.print(f"[red]{s.failed} cell(s) failed[/]; the report lists them with their tracebacks")
         for label, error in s.failures[:5]:
-            err.print(f"  {label}: {error}")
+            err.print(f"  {escape(label)}: {escape(error)}")
         return 1
     return 0

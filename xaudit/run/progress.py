@@ -23,7 +23,7 @@ class Progress:
         self._p = RichProgress(SpinnerColumn(), TextColumn("{task.description:<7}"), BarColumn(),
                                MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                               console=Console(stderr=True), refresh_per_second=4)
+                               console=Console(stderr=True, highlight=False), refresh_per_second=4)
         self._p.start()
         self._p.console.print(f"[bold]{n_cells}[/] cells to run ({already_done} already done), "
                               f"{n_models} models to prepare, {workers} worker(s)")
