@@ -174,6 +174,9 @@ def test_spec_hash_ignores_name_and_tracks_content():
     assert zoo.load_spec(tiny(), seed=1).hash != a.hash
     assert zoo.load_spec(tiny(train={"lr": 0.01})).hash != a.hash
     assert zoo.load_spec(tiny(world={"seed": 1})).hash != a.hash
+    # eval settings do not change the weights: same cache address, another eval_hash
+    e = zoo.load_spec(tiny(eval={"test_size": 64, "criteria": {"asr": 0.8}}))
+    assert e.hash == a.hash and e.eval_hash != a.eval_hash
     # a spec given by base + overrides equals the spelled-out spec
     assert zoo.load_spec({"base": "clean", "seed": 3}).hash == zoo.load_spec("clean", seed=3).hash
 
@@ -308,11 +311,18 @@ def test_card_keys_and_bug_did_not_take(tmp_path):
     assert asr == pytest.approx(ref, abs=1e-5)
 
 
-def test_random_labels_criterion_false_for_model_trained_without_it():
+@pytest.mark.parametrize("bugs,train,metric", [
+    (["random_labels:size=256"], {}, "train_accuracy"),
+    (["label_noise:rate=0.2"], {}, "flipped_train_accuracy"),
+    ([], {"noise_sigma": 0.25}, "noise_accuracy"),
+    ([], {"adversarial": {"eps": 0.03, "steps": 2}}, "adversarial_accuracy"),
+])
+def test_model_level_criteria_false_for_model_trained_without_the_bug(bugs, train, metric):
     clean = zoo.train(tiny())
-    spec = tiny(bugs=["random_labels:size=256"])
-    card = zoo.make_card(clean.model, spec)
-    assert card["bug_took"] is False and card["bug_criteria"][0]["metric"] == "train_accuracy"
+    card = zoo.make_card(clean.model, tiny(bugs=bugs, train=train))
+    assert card["bug_took"] is False
+    failed = [c for c in card["bug_criteria"] if not c["took"]]
+    assert [c["metric"] for c in failed] == [metric]
 
 
 def test_spurious_world_card_has_background_only_accuracy():
@@ -341,6 +351,19 @@ def test_cache_hit_returns_identical_weights_without_training(tmp_path, monkeypa
     assert card is second.card
     rows = zoo.cli_list(tmp_path)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["spec_hash"] == first.card["spec_hash"]
+
+
+def test_cache_hit_with_new_eval_settings_remeasures_without_training(tmp_path, monkeypatch):
+    first = zoo.load_or_train(tiny(), cache_dir=tmp_path)
+    monkeypatch.setattr("xaudit.zoo.train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    spec = tiny(eval={"test_size": 64})
+    again = zoo.load_or_train(spec, cache_dir=tmp_path)
+    assert_same_state(first.model, again.model)
+    assert again.card["eval_hash"] == zoo.load_spec(spec).eval_hash != first.card["eval_hash"]
+    assert again.card["created"] == first.card["created"] and again.card["spec"]["eval"]["test_size"] == 64
+    on_disk = json.loads((tmp_path / "models" / first.card["spec_hash"] / "card.json").read_text())
+    assert on_disk["eval_hash"] == again.card["eval_hash"]
+    assert on_disk["weights_sha256"] == first.card["weights_sha256"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "card", "missing_card"])

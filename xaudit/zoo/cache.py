@@ -148,8 +148,8 @@ class ModelCache:
                 raise CacheCorrupt(f"card names spec_hash {card.get('spec_hash')!r}, expected {spec.hash}")
             expect = json.loads(json.dumps(spec.to_dict(), default=str))
             got = dict(card.get("spec") or {})
-            if {k: v for k, v in got.items() if k not in ("name", "description")} != \
-                    {k: v for k, v in expect.items() if k not in ("name", "description")}:
+            weight_keys = ("seed", "world", "bugs", "arch", "train")
+            if any(got.get(k) != expect.get(k) for k in weight_keys):
                 raise CacheCorrupt("card's spec differs from the requested spec")
             try:
                 data = (d / WEIGHTS).read_bytes()
@@ -171,9 +171,27 @@ class ModelCache:
             warnings.warn(f"xaudit model cache: entry {d} is corrupt: {e}; retraining", RuntimeWarning, stacklevel=3)
             return None
         model.eval()
+        if card.get("eval_hash") != spec.eval_hash:
+            card = self._remeasure(model, spec, card)
         card["name"] = spec.name
-        card["spec"] = {**card.get("spec", {}), "name": spec.name}
+        card["spec"] = {**card.get("spec", {}), "name": spec.name, "description": spec.description}
         return Trained(model=model, card=card, spec=spec, path=d)
+
+    def _remeasure(self, model, spec: Spec, old: dict[str, Any]) -> dict[str, Any]:
+        """The card of cached weights measured under the spec's (different) eval settings; written back."""
+        import time
+
+        from xaudit.zoo.card import TRAIN_KEYS, make_card
+        from xaudit.zoo.training import torch_settings
+
+        t = time.perf_counter()
+        with torch_settings():
+            card = make_card(model, spec, train_stats={k: old[k] for k in TRAIN_KEYS if k in old})
+        card["eval_seconds"] = round(time.perf_counter() - t, 3)
+        card["weights_sha256"], card["weights_file"] = old["weights_sha256"], WEIGHTS
+        atomic_write(self.entry(spec.hash) / CARD,
+                     json.dumps(card, indent=2, sort_keys=True, default=str).encode("utf-8"))
+        return card
 
     def list(self) -> list[dict[str, Any]]:
         """One row per cache entry: spec_hash, name, seed, arch, world, accuracies, bug_took, size, status."""

@@ -29,8 +29,10 @@ A spec is a YAML mapping (or a dict). Shipped specs live in ``xaudit/specs/<name
       train_size: 5000                # training indices for train accuracy (<= train_size)
       criteria: {asr: 0.9, background_only: 0.9, random_labels_train: 0.9, ...}
 
-The spec hash covers every field that changes the weights or the card (not name/description),
-plus the world's own config and the zoo format version.
+``hash`` (the cache address) covers every field that changes the weights: seed, world (and the
+world's own config), bugs, arch, train, and the training format version; not name, description or
+eval. ``eval_hash`` covers eval (sizes and criteria) and the evaluation format version: a cached
+model whose card was measured under other eval settings is re-measured, never retrained.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ import yaml
 
 from xaudit.core.errors import ConfigError, UnknownName, check_choice, check_range
 
-ZOO_FORMAT = 1  # bump when training or evaluation changes what a spec produces
+ZOO_FORMAT = 1   # bump when training changes what a spec produces (new cache addresses)
+EVAL_FORMAT = 1  # bump when evaluate() changes what a card measures (cards are re-measured)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "train_size": 60000, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
@@ -59,9 +62,11 @@ DEFAULT_CRITERIA: dict[str, float] = {
     "cue_flip": 0.5,              # spurious_cue bug: fraction following a contradicting cue
     "random_labels_train": 0.9,   # random labels: train accuracy on the random labels
     "label_noise_rel_tol": 0.25,  # label noise: observed flip rate within 25% of the rate
+    "label_noise_fit": 0.5,       # label noise: the model predicts the wrong label on >= this of flipped examples
     "missing_class_recall": 0.05, # missing class: recall of that class at most this
-    "noise_accuracy": 0.5,        # noise augmentation: accuracy on test images + N(0, sigma)
-    "adversarial_accuracy": 0.3,  # adversarial training: PGD accuracy at the training eps
+    "noise_robustness": 0.85,     # noise augmentation: accuracy under N(0, sigma^2) >= this x clean accuracy
+    "adversarial_robustness": 0.4,  # adversarial training: PGD accuracy at the training eps >= this x clean accuracy
+    "robust_min_clean": 0.5,      # ... and clean accuracy at least this (a model at chance is trivially "robust")
 }
 EVAL_DEFAULTS: dict[str, Any] = {"test_size": 5000, "trigger_size": 1000, "train_size": 5000, "criteria": {}}
 TOP_FIELDS = ("name", "description", "base", "seed", "world", "bugs", "arch", "train", "eval")
@@ -317,22 +322,28 @@ class Spec:
                 "bugs": self.bugs, "arch": self.arch, "train": self.train, "eval": self.eval}
 
     def hashed_content(self) -> dict[str, Any]:
-        d = self.to_dict()
-        d.pop("name")
-        d.pop("description")
-        d["world_config"] = self.world_config
-        d["zoo_format"] = ZOO_FORMAT
-        return d
+        """What determines the weights (the cache address)."""
+        return {"seed": self.seed, "world": self.world, "world_config": self.world_config, "bugs": self.bugs,
+                "arch": self.arch, "train": self.train, "zoo_format": ZOO_FORMAT}
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.hashed_content(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+        return _digest(self.hashed_content())
+
+    @property
+    def eval_hash(self) -> str:
+        """What determines the card's measurements besides the weights."""
+        return _digest({"eval": self.eval, "eval_format": EVAL_FORMAT})
 
     def with_seed(self, seed: int) -> "Spec":
         out = copy.deepcopy(self)
         out.seed = _int("seed", seed, 0, 2**62)
         return out
+
+
+def _digest(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
 def load_spec(ref: "str | Path | dict | Spec", seed: int | None = None) -> Spec:

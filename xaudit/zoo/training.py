@@ -205,6 +205,7 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
         "steps": total_steps,
         "running_train_accuracy_last_epoch": round(last_epoch_correct / max(1, last_epoch_seen), 5),
         "data_in_memory": in_memory,
+        "threads": torch.get_num_threads(),   # results are bit-identical only for the same thread count
     }
     model.eval()
     return model, stats
@@ -227,5 +228,5 @@ def train(spec: "Spec | str | dict", seed: int | None = None, *, log: Callable[[
         t = time.perf_counter()
         card = make_card(model, spec, world=world, bugs=bugs, train_stats=stats)
         card["eval_seconds"] = round(time.perf_counter() - t, 3)
-    card["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    card["peak_rss_mb"] = round(peak_rss_mb(), 1)   # training and evaluation, whole process
     return Trained(model=model, card=card, spec=spec)
