@@ -46,7 +46,7 @@ def worker(name: str, seed: int) -> None:
                 continue
             c = zoo.make_card(trained.model, spec)
             against[other] = {"bug_took": c["bug_took"],
-                              "criteria": {cr["bug"]: cr["value"] for cr in c["bug_criteria"]}}
+                              "criteria": {f"{cr['bug']}:{cr['metric']}": cr["value"] for cr in c["bug_criteria"]}}
         card["clean_model_against_bug_specs"] = against
     print(json.dumps(card, default=str))
 
@@ -69,7 +69,7 @@ def run_one(name: str, seed: int, threads: int) -> dict:
 
 def summarize(card: dict) -> dict:
     keys = ("spec_hash", "seed", "clean_accuracy", "train_accuracy", "attack_success_rate", "background_only_accuracy",
-            "object_only_accuracy", "flipped_label_fraction", "noise_accuracy", "adversarial_accuracy", "bug_took",
+            "object_only_accuracy", "flipped_label_fraction", "flipped_train_accuracy", "noise_accuracy", "adversarial_accuracy", "bug_took",
             "images_seen", "train_seconds", "train_cpu_seconds", "render_seconds", "eval_seconds", "peak_rss_mb",
             "threads", "num_params", "process_seconds", "loadavg_before", "loadavg_after",
             "clean_model_against_bug_specs")
