@@ -82,7 +82,7 @@ class FakeFail(Check):
 class FakeModel(Check):
     """Loads its models (the primary and a `partner` group) and reports their weights' sum."""
     name = "fake_model"
-    defaults = {"partner": None, "mutate": False}
+    defaults = {"partner": None, "mutate": False, "passes": 0}
 
     def models(self, params, model_group, seed):
         refs = [ModelRef(model_group, seed)]
@@ -94,6 +94,9 @@ class FakeModel(Check):
         _log("cell", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed,
              group=ctx.model_group)
         model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
+        for _ in range(ctx.params["passes"]):     # forward + backward to the input, as explainers do
+            x = torch.ones(4, 3, requires_grad=True)
+            model(x).sum().backward()
         if ctx.params["mutate"]:
             with torch.no_grad():
                 model.weight.add_(1.0)

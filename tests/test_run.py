@@ -254,6 +254,18 @@ def test_check_that_mutates_the_shared_model_fails(tmp_path, log):
     assert [r["key"] for r in log("load")] == ["clean-shapes-0", "clean-shapes-0"]
 
 
+def test_profile_times_model_passes(tmp_path, log):
+    p = fake_preset(checks={"fake_model": {"params": {"passes": 50}}, "fake_score": {}}, seeds=[0],
+                    methods=["saliency"], profile=True)
+    res = run_fake(tmp_path, p)
+    got = dict(table(res.store, "SELECT check_name, model_seconds FROM cells"))
+    secs = dict(table(res.store, "SELECT check_name, seconds FROM cells"))
+    assert 0 < got["fake_model"] <= secs["fake_model"]
+    assert got["fake_score"] == 0.0                           # no model, no passes
+    res = run_fake(tmp_path, {**p, "profile": False}, out="noprof")
+    assert table(res.store, "SELECT model_seconds FROM cells") == [(None,), (None,)]
+
+
 def test_changed_config_supersedes_old_cells_and_reverting_reuses_them(tmp_path, log):
     base = fake_preset(checks={"fake_score": {}}, seeds=[0], methods=["saliency"])
     run_fake(tmp_path, base)
@@ -380,27 +392,35 @@ def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log
     done2 = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
     assert done1 < done2 and len(done2) < 12
     attempts2 = dict(table(db, "SELECT key, attempts FROM cells"))
+    key_of = {(c["method"], c["seed"]): c["key"] for c in Store.open(out, readonly=True).cells()}
+
+    def runs_of() -> dict[str, int]:
+        """How often each cell really started, from the cells' own log (independent of the store)."""
+        n = {k: 0 for k in key_of.values()}
+        for r in log("cell"):
+            n[key_of[(r["method"], r["seed"])]] += 1
+        return n
     workers = {r["pid"] for r in log("cell")}
     deadline = time.monotonic() + 10
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "worker processes outlived the killed run"
+    runs2 = runs_of()
+    assert all(runs2[k] == 1 for k in done1)                 # done at the SIGINT: never started again
 
-    # 3) the same command again: only the unfinished cells run
-    p = _cli(args, env, tmp_path)
+    # 3) the same command again (one worker this time: no process start-up): only the unfinished cells run
+    p = _cli(args[:-1] + ["1"], env, tmp_path)
     stdout, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "report: " in stdout and "fake_score" in stdout
     assert table(db, "SELECT count(*) FROM cells WHERE status = 'done'") == [(12,)]
     attempts3 = dict(table(db, "SELECT key, attempts FROM cells"))
-    assert all(attempts3[k] == 1 for k in done1)              # done at the SIGINT: never started again
-    assert all(attempts3[k] == attempts2[k] for k in done2)   # done at the SIGKILL: not started again
-    # the store's attempt counts agree with the cells' own log of their runs
-    key_of = {(c["method"], c["seed"]): c["key"] for c in Store.open(out, readonly=True).cells()}
-    runs_of = {k: 0 for k in key_of.values()}
-    for r in log("cell"):
-        runs_of[key_of[(r["method"], r["seed"])]] += 1
-    assert runs_of == attempts3
+    runs3 = runs_of()
+    assert all(runs3[k] == runs2[k] for k in done2)           # done at the SIGKILL: not started again
+    assert all(attempts3[k] == attempts2[k] for k in done2)   # and the store's count agrees
+    assert all(attempts3[k] == 1 for k in done1)
+    # unfinished cells ran in the last invocation exactly once each
+    assert all(runs3[k] == runs2[k] + 1 for k in key_of.values() if k not in done2)
 
     # the rows equal those of an uninterrupted run
     ref = run_fake(tmp_path, preset, out="reference")

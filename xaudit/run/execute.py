@@ -99,6 +99,9 @@ def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_di
         # cells a stopped run left 'running' are unfinished: show them as pending
         with store._tx() as con:
             con.execute("UPDATE cells SET status = 'pending' WHERE status = 'running' AND run_id = ?", (run_id,))
+        art = Path(config.artifacts_root)
+        if art.is_dir() and not any(art.iterdir()):
+            art.rmdir()
     s = sink.summary
     st = store.statuses(c.key for c in plan.cells)
     s.cells, s.skipped = len(plan.cells), len(plan.cells) - len(todo)
