@@ -154,6 +154,15 @@ def test_cell_keys_hash_the_full_config():
                          source=FAKE_SOURCE)
     for a, b in zip(plan.cells, changed.cells):
         assert (a.key == b.key) == (a.check != "fake_score")
+    # check_defaults reach every check that takes the parameter; a check's own params win
+    shared = build_plan(load_preset(fake_preset(check_defaults={"stages": 5, "bad_method": "blank"},
+                                                checks={"fake_score": {}, "fake_fail": {"params": {"bad_method": "x"}}})),
+                        source=FAKE_SOURCE)
+    assert {(x.check, json.dumps(x.params, sort_keys=True)) for x in shared.cells} == {
+        ("fake_score", '{"sleep": 0.0, "stages": 5}'), ("fake_fail", '{"bad_method": "x"}')}
+    with pytest.raises(ConfigError) as e:
+        build_plan(load_preset(fake_preset(check_defaults={"n_imgs": 3})), source=FAKE_SOURCE)
+    assert e.value.field == "check_defaults.n_imgs" and "sleep, stages" in str(e.value)
     # the check version is part of the key
     cls = run_fakes.FakeScore
     try:
@@ -313,7 +322,7 @@ def test_row_columns_match_the_check_contract():
     assert STORE_COLUMNS == ROW_COLUMNS
 
 
-def test_scheduler_models_first_then_affinity():
+def test_scheduler_models_first_then_affinity_within_the_thread_budget():
     from xaudit.run.models import ResolvedModel
     ms = {k: ResolvedModel(k, k, k, 0) for k in ("A", "B")}
     models = [ModelTask(k, m) for k, m in ms.items()]
@@ -321,15 +330,27 @@ def test_scheduler_models_first_then_affinity():
     def cell(i, k):
         return CellTask(f"c{i}", "x", "m", {}, "g", {"world": "w"}, 0, {}, ((k, 0, k),), {k: ms[k]})
     cells = [cell(0, "A"), cell(1, "A"), cell(2, "B"), cell(3, "B")]
-    s = Scheduler(models, cells, cores=4, workers=2)
-    t1, t2 = s.next_task(set(), set()), s.next_task(set(), set())
-    assert (t1.kind, t2.kind) == ("model", "model") and t1.threads == 2
-    assert s.next_task(set(), set()) is None                 # cells wait for their models
+    # 2 cores, the source trains with 2 threads: one model at a time, no cell beside it
+    s = Scheduler(models, cells, cores=2, workers=2, model_threads=2, cell_threads=1)
+    t1 = s.next_task(set(), set())
+    assert t1.kind == "model" and t1.key == "A" and t1.threads == 2
+    assert s.next_task(set(), set()) is None                 # B would oversubscribe; cells wait for A
+    s.model_finished(ModelResult("A", "ok"))
+    assert s.next_task(set(), set()).key == "B"
+    assert s.next_task({"A"}, set()) is None                 # A's cells may not run beside B's training
     s.model_finished(ModelResult("B", "ok"))
-    c = s.next_task({"B"}, set())
-    assert c.key == "c2"                                     # a cell of the model this worker holds
+    c1 = s.next_task({"B"}, set())
+    assert c1.key == "c2"                                    # a cell of the model this worker holds
+    c2 = s.next_task(set(), {"B"})
+    assert c2.key == "c0"                                    # a model nobody is on
+    assert s.next_task(set(), set()) is None                 # 2 one-thread cells fill 2 cores
+    s.cell_finished("c2")
+    assert s.next_task({"B"}, set()).key == "c3"
+    # 4 cores: two 2-thread trainings at once; a failed model drops its cells
+    s = Scheduler(models, cells, cores=4, workers=2, model_threads=2)
+    assert [s.next_task(set(), set()).key for _ in range(2)] == ["A", "B"]
     s.model_finished(ModelResult("A", "failed", error="boom"))
-    assert [x.key for x in s.waiting] == ["c3"]               # A's cells were dropped as failed
+    assert [x.key for x in s.waiting] == ["c2", "c3"]
 
 
 # ------------------------------------------------------------------------------------------ kill and resume

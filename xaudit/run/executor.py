@@ -30,6 +30,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def training_threads(source: str) -> int:
+    """The threads the model source trains with (``training_threads()`` on the source; default 1)."""
+    from xaudit.run.models import load_source
+
+    fn = getattr(load_source(source), "training_threads", None)
+    return max(1, int(fn())) if callable(fn) else 1
+
+
 class Sink(Protocol):
     def model_started(self, key: str, worker: str) -> None: ...
     def model_finished(self, result: ModelResult) -> None: ...
@@ -46,10 +54,19 @@ class Executor(Protocol):
 
 
 class Scheduler:
-    """Which task next, for which worker. Pure bookkeeping, no processes."""
+    """Which task next, for which worker. Pure bookkeeping, no processes.
 
-    def __init__(self, models: list[ModelTask], cells: list[CellTask], cores: int, workers: int):
+    A thread budget keeps the machine from being oversubscribed (OpenMP spin-waits make an
+    oversubscribed CPU many times slower): a model task costs the threads the model source trains
+    with (the zoo fixes its own count, for bit-identical weights), a cell costs ``cell_threads``, and
+    tasks run together only while their threads fit in ``cores``. Models go first (the long tasks):
+    while one waits for threads, no new cell starts. Then cells, each worker preferring cells of a
+    model it already holds, then cells of a model no other worker is on."""
+
+    def __init__(self, models: list[ModelTask], cells: list[CellTask], cores: int, workers: int,
+                 model_threads: int = 1, cell_threads: int = 1):
         self.cores, self.workers = cores, max(1, workers)
+        self.model_threads, self.cell_threads = max(1, model_threads), max(1, cell_threads)
         self.model_queue = list(models)
         self.models_running: set[str] = set()
         self.ready_models: set[str] = set()
@@ -58,6 +75,7 @@ class Scheduler:
         self.waiting = [c for c in cells]
         self.known_ready = lambda k: k not in need   # models not in this run's list are assumed ready
         self.cells_running: dict[str, CellTask] = {}
+        self.threads_in_use = 0
         self.finished = 0
         self.total = len(models) + len(cells)
 
@@ -70,15 +88,21 @@ class Scheduler:
     def _runnable(self, c: CellTask) -> bool:
         return all(self._model_ok(k) for _, _, k in c.models)
 
+    def _fits(self, threads: int) -> bool:
+        return self.threads_in_use == 0 or self.threads_in_use + threads <= self.cores
+
     def next_task(self, held: set[str], busy_others: set[str]) -> ModelTask | CellTask | None:
         """The next task for a worker holding models ``held``; ``busy_others``: primary models other
-        workers are on. Models first; then a cell of a held model; then one of a model nobody is on."""
+        workers are on. None: nothing may start now (wait for a result)."""
         if self.model_queue:
+            if not self._fits(self.model_threads):
+                return None
             m = self.model_queue.pop(0)
             self.models_running.add(m.key)
-            # threads: share the cores among the models being trained at once
-            training = min(self.workers, len(self.models_running) + len(self.model_queue))
-            return replace(m, threads=max(1, self.cores // max(1, training)))
+            self.threads_in_use += self.model_threads
+            return replace(m, threads=self.model_threads)
+        if not self._fits(self.cell_threads):
+            return None
         best, best_rank = None, 3
         for i, c in enumerate(self.waiting):
             if not self._runnable(c):
@@ -93,11 +117,14 @@ class Scheduler:
             return None
         c = self.waiting.pop(best)
         self.cells_running[c.key] = c
+        self.threads_in_use += self.cell_threads
         return c
 
     def model_finished(self, res: ModelResult) -> list[CellResult]:
         """Record a model; returns the failure results of cells that can no longer run."""
-        self.models_running.discard(res.key)
+        if res.key in self.models_running:
+            self.models_running.discard(res.key)
+            self.threads_in_use -= self.model_threads
         self.finished += 1
         if res.status == "ok":
             self.ready_models.add(res.key)
@@ -113,7 +140,8 @@ class Scheduler:
         return out
 
     def cell_finished(self, key: str) -> None:
-        self.cells_running.pop(key, None)
+        if self.cells_running.pop(key, None) is not None:
+            self.threads_in_use -= self.cell_threads
         self.finished += 1
 
     def blocked(self) -> bool:
@@ -151,7 +179,7 @@ class LocalExecutor:
 
         before = torch.get_num_threads()
         config = replace(config, threads=self.cores)
-        sched = Scheduler(models, cells, self.cores, 1)
+        sched = Scheduler(models, cells, self.cores, 1, model_threads=self.cores, cell_threads=self.cores)
         state = WorkerState(config)
         try:
             while not sched.done():
@@ -179,7 +207,8 @@ class LocalExecutor:
         ctx = mp.get_context(self.start_method)
         n = max(1, min(self.workers, len(models) + len(cells)))
         config = replace(config, threads=max(1, self.cores // n))
-        sched = Scheduler(models, cells, self.cores, n)
+        sched = Scheduler(models, cells, self.cores, n, model_threads=training_threads(config.source),
+                          cell_threads=config.threads)
         outbox = ctx.Queue()
         procs: dict[int, object] = {}
         inboxes: dict[int, object] = {}

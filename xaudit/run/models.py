@@ -78,6 +78,13 @@ class ZooSource:
         return ResolvedModel(key=spec.hash, label=f"{group} on {_world_label(world)}, seed {seed}",
                              spec=payload, seed=seed)
 
+    def training_threads(self) -> int:
+        """The zoo trains with a fixed thread count ($XAUDIT_THREADS, default 2) so weights are
+        bit-identical wherever they are trained; the scheduler budgets for it."""
+        from xaudit.zoo.training import default_threads
+
+        return default_threads()
+
     def load(self, model: ResolvedModel, cache_dir: str | None) -> tuple[Any, dict[str, Any]]:
         from xaudit.zoo import load_or_train
 

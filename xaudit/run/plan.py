@@ -128,7 +128,13 @@ def resolve_checks(preset: Preset) -> list[tuple[str, dict[str, Any], tuple[str,
         if bad:
             raise ConfigError(f"checks.{n}.params.{bad[0]}",
                               f"unknown parameter; allowed: {', '.join(allowed) or '(none)'}")
-        out.append((n, {**allowed, **given}, e.models if e else None))
+        shared = {k: v for k, v in preset.check_defaults.items() if k in allowed}
+        out.append((n, {**allowed, **shared, **given}, e.models if e else None))
+    used = {k for n, _, _ in out for k in (getattr(CHECKS.get(n), "defaults", {}) or {})}
+    unused = [k for k in preset.check_defaults if k not in used]
+    if unused:
+        raise ConfigError(f"check_defaults.{unused[0]}",
+                          f"no check of this preset takes it; their parameters: {', '.join(sorted(used)) or '(none)'}")
     return out
 
 

@@ -18,6 +18,8 @@ Schema (every field except ``name`` is optional; unknown fields are errors)::
         models: [clean]            # model groups: the primary models the cells run on
         specs: {clean: clean}      # model group -> zoo spec on this world: a name, a YAML path, or a
                                    # mapping such as {base: clean, train: {train_size: 10000}}
+    check_defaults: {n_images: 32} # parameters for every check that takes them (a check's own
+                                   # `params` override these)
     checks: all                    # `all`, a list of names, or {name: {params: {...}, models: [...]}}
     methods: all                   # `all`, a list of names, or {name: {param: value}}
 
@@ -37,7 +39,7 @@ from xaudit.core.errors import ConfigError
 
 ALL = "all"
 PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile", "plugins",
-                 "worlds", "checks", "methods")
+                 "worlds", "check_defaults", "checks", "methods")
 WORLD_FIELDS_RESERVED = ("world", "models", "specs")
 CHECK_FIELDS = ("params", "models")
 DEVICES = ("cpu", "cuda", "auto")
@@ -84,6 +86,7 @@ class Preset:
     profile: bool = False
     plugins: tuple[str, ...] = ()
     worlds: tuple[WorldEntry, ...] = ()
+    check_defaults: dict[str, Any] = field(default_factory=dict)
     checks: tuple[CheckEntry, ...] = (CheckEntry(ALL),)
     methods: tuple[MethodEntry, ...] = (MethodEntry(ALL),)
     source: str = ""                           # where it was loaded from
@@ -160,6 +163,7 @@ def parse_preset(data: dict[str, Any], source: str = "") -> Preset:
         raise ConfigError("worlds", "is required: a list of {world: NAME, models: [...], ...} entries")
     return Preset(name=name, description=description, seeds=seeds, device=device, workers=workers,
                   profile=profile, plugins=tuple(plugins), worlds=_worlds(data["worlds"]),
+                  check_defaults=_mapping("check_defaults", data.get("check_defaults")),
                   checks=_checks(data.get("checks", ALL)), methods=_methods(data.get("methods", ALL)),
                   source=source, raw=dict(data))
 
