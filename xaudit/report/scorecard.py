@@ -44,9 +44,9 @@ class Entry:
     def text(self) -> str:
         if self.verdict is not None:
             word = VERDICT_STYLE.get(str(self.verdict).lower(), (str(self.verdict).upper(),))[0]
-            if self.verdict == MIXED:
+            if self.verdict == MIXED:   # no single score: the rows are different metrics
                 counts = Counter(str(d["verdict"]).lower() for d in self.details)
-                word += " (" + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) + ")"
+                return word + " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
             return f"{word} {self.score()}".strip()
         return STATUS_TEXT.get(self.status, self.status)
 
