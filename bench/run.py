@@ -110,6 +110,8 @@ def breakdown(db: Path, wall: float) -> dict:
         workers = con.execute("SELECT workers FROM run ORDER BY id DESC LIMIT 1").fetchone()[0]
         slow = con.execute("SELECT check_name, method, world, round(seconds, 2) FROM cells WHERE active = 1 "
                            "ORDER BY seconds DESC LIMIT 8").fetchall()
+        failures = con.execute("SELECT check_name || ' / ' || world || ': ' || substr(error, 1, 160), count(*) "
+                               "FROM cells WHERE active = 1 AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC").fetchall()
         per_method = con.execute("SELECT method, round(sum(seconds), 1), round(sum(model_seconds), 1) FROM cells "
                                  "WHERE active = 1 GROUP BY method ORDER BY sum(seconds) DESC").fetchall()
     finally:
@@ -134,7 +136,7 @@ def breakdown(db: Path, wall: float) -> dict:
         },
         "share_of_cell_time_in_model_passes": round(pass_s / cell_s, 3) if cell_s else None,
         "runner_idle_or_overhead_share": round(max(0.0, 1 - busy / capacity), 3) if capacity else None,
-        "slowest_cells": slow, "per_method_cell_s_and_pass_s": per_method,
+        "failures": failures, "slowest_cells": slow, "per_method_cell_s_and_pass_s": per_method,
     }
 
 
@@ -168,7 +170,8 @@ def main() -> None:
             r = run_phase(pfile, tmp / phase, cache, args.workers)
             r["loadavg_after"] = os.getloadavg()
             results["phases"][phase] = r
-            print(json.dumps({k: v for k, v in r.items() if k not in ("slowest_cells", "per_method_cell_s_and_pass_s")},
+            print(json.dumps({k: v for k, v in r.items() if k not in ("slowest_cells", "per_method_cell_s_and_pass_s",
+                                                                         "failures")},
                              indent=1), flush=True)
     finally:
         if not args.keep:

@@ -3,8 +3,10 @@ concrete, hashable spec at plan time, and loads (training if needed) that model 
 
 The default source is the zoo. On world W, model group G means the zoo spec G (or the preset's
 ``specs: {G: ...}`` entry) trained on W: when the spec's own world is not W, the runner derives
-``{base: G, world: W}`` so one recipe (``clean``, ``random-labels``) serves every world. A spec
-named explicitly in ``specs`` must already train on W (else a ConfigError).
+``{base: G, world: W}`` so one recipe (``clean``, ``random-labels``) serves every world. A ``specs``
+entry given as a mapping without its own ``world`` (e.g. ``{base: random-labels, train: {epochs: 60}}``)
+is retargeted the same way; one that names a spec file or shipped spec, or a mapping with a
+``world``, must already train on W (else a ConfigError).
 
 Sources are named by import path (``module:attr``) so spawned workers can rebuild them.
 """
@@ -64,7 +66,7 @@ class ZooSource:
                                                  "world's `specs:` map, or register the spec with the zoo") from None
         payload = spec_ref
         if spec.world_config != world:
-            if explicit:
+            if explicit and not (isinstance(spec_ref, dict) and "world" not in spec_ref):
                 raise ConfigError(f"specs.{group}", f"spec {_short(spec_ref)} trains on world {spec.world_config} "
                                                     f"but this preset world is {world}")
             raw = raw_spec(spec_ref)
