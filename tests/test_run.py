@@ -316,6 +316,33 @@ def test_export_formats(tmp_path, log, capsys):
         assert t.num_rows == 9
 
 
+def test_model_fingerprint_is_exact_and_layout_independent():
+    import torch
+    from xaudit.run.worker import _fingerprint
+    g = torch.Generator().manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fp = _fingerprint(m)
+        torch.set_num_threads(1)
+        m = m.to(memory_format=torch.channels_last)
+        assert _fingerprint(m) == fp                          # same values: same digest
+        with torch.no_grad():
+            m[0].weight[0, 0, 0, 0] = torch.nextafter(m[0].weight[0, 0, 0, 0], torch.tensor(1e9))
+        assert _fingerprint(m) != fp                          # one ulp in one weight
+        with torch.no_grad():
+            m[0].weight[0, 0, 0, 0] = torch.nextafter(m[0].weight[0, 0, 0, 0], torch.tensor(-1e9))
+        assert _fingerprint(m) == fp
+        m[1].running_mean += 1                                # buffers count too
+        assert _fingerprint(m) != fp
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_row_columns_match_the_check_contract():
     from xaudit.checks.base import ROW_COLUMNS
     from xaudit.run.store import ROW_COLUMNS as STORE_COLUMNS

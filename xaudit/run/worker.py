@@ -148,18 +148,20 @@ class PassTimer:
         model.register_forward_hook(post)
 
 
-def _fingerprint(model) -> tuple:
+def _fingerprint(model) -> str:
+    """A digest of the model's parameters and buffers (their bytes in contiguous order: independent
+    of memory layout and thread count, unlike a floating-point sum)."""
+    import hashlib
+
     import torch
 
+    h = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
-        parts = []
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if t.is_floating_point():
-                d = t.detach().double()
-                parts.append((name, float(d.sum()), float((d * d).sum())))
-            else:
-                parts.append((name, int(t.long().sum())))
-    return tuple(parts)
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                     else t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class WorkerState:
@@ -172,7 +174,7 @@ class WorkerState:
         self.config = config
         self.device = resolve_device(config.device)
         self.source = load_source(config.source)
-        self.loaded: OrderedDict[str, tuple[Any, dict, tuple]] = OrderedDict()
+        self.loaded: OrderedDict[str, tuple[Any, dict, str]] = OrderedDict()
         self.timer = PassTimer() if config.profile else None
         self._checks: dict[str, Any] = {}
 
@@ -189,7 +191,7 @@ class WorkerState:
             model.eval()
         if self.timer is not None and hasattr(model, "register_forward_hook"):
             self.timer.attach(model)
-        self.loaded[m.key] = (model, card, _fingerprint(model) if hasattr(model, "named_parameters") else ())
+        self.loaded[m.key] = (model, card, _fingerprint(model) if hasattr(model, "named_parameters") else "")
         while len(self.loaded) > MAX_LOADED_MODELS:
             self.loaded.popitem(last=False)
         return model, card
