@@ -219,8 +219,9 @@ def test_int_target_and_batch_of_one(model, x):
 def test_saliency_equals_autograd_gradient(model, x, target):
     expected = autograd_gradient(model, x, target)
     assert torch.allclose(E.get("saliency")(model, x, target), expected, atol=1e-7)
-    # chunking does not change the result
-    assert torch.allclose(E.get("saliency", internal_batch=1)(model, x, target), expected, atol=1e-7)
+    # chunking does not change the result beyond float32 reduction order (oneDNN picks other conv
+    # kernels for a batch of one: differences of ~1e-7 relative were seen here)
+    assert torch.allclose(E.get("saliency", internal_batch=1)(model, x, target), expected, rtol=1e-5, atol=1e-6)
     assert torch.allclose(E.explain(model, x, target, "input_x_gradient"), x * expected, atol=1e-7)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +260,3 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
         raise ConfigError("worlds", f"{dup} cells of preset {preset.name!r} have identical configurations")
     return Plan(preset=preset, cells=cells, models=models, checks=keep_checks, methods=keep_methods,
                 source=source)
-
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
