@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 import xaudit.metrics as M
 from xaudit.core.errors import ConfigError, UnknownName
+from xaudit.metrics import _native
 from xaudit.metrics.ranks import twice_ranks
 
 TOL = 1e-6
@@ -39,7 +40,20 @@ def _loop(fn, a, b):
 
 # ---------------------------------------------------------------- ranks
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_compiled_kernels_are_built():
+    """The dev install compiles xaudit/metrics/_kernels.c; without it every measure still works (numpy
+    fallbacks, cross-checked below) but slower. XAUDIT_NO_KERNELS=1 runs the suite on the fallbacks."""
+    import os
+    if os.environ.get("XAUDIT_NO_KERNELS", "") not in ("", "0"):
+        pytest.skip("XAUDIT_NO_KERNELS set")
+    assert _native.available(), "xaudit.metrics._kernels did not build: `pip install -e .` needs a C compiler"
+    assert _native.kernels.simd in ("avx512", "avx2", "baseline")
+
+
+BACKENDS = ["auto", "numpy"] + (["native"] if _native.available() else [])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"] + BACKENDS[2:])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rank_backends_match_scipy_rankdata(backend, dtype):
     x = np.concatenate([_maps(1, n=3, **c, dtype=dtype).reshape(3, -1) for c in CASES])
@@ -58,17 +72,19 @@ def test_rankdata_public():
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_spearman_matches_scipy(case, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spearman_matches_scipy(case, dtype, backend):
     a, b = _maps(10, **case, dtype=dtype), _maps(11, **case, dtype=dtype)
     b[:3] = a[:3]                                       # identical maps: exactly 1
     b[3] = -a[3]
-    got = M.spearman(torch.from_numpy(a), torch.from_numpy(b))
+    a[4, :3] = -1.5                                     # negative values, tied
+    got = M.spearman(torch.from_numpy(a), torch.from_numpy(b), backend=backend)
     ref = _loop(lambda x, y: ss.spearmanr(x.ravel().astype(np.float64), y.ravel().astype(np.float64))[0], a, b)
     assert got.dtype == torch.float64 and got.shape == (12,)
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=TOL)
     assert got[:3].tolist() == [1.0, 1.0, 1.0]
     # [N, 1, H, W] gives the same as [N, H, W]
-    got4 = M.spearman(torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None])
+    got4 = M.spearman(torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None], backend=backend)
     assert torch.equal(got, got4)
 
 
@@ -106,7 +122,7 @@ def test_device_kernels_agree_with_cpu_kernels(case):
     a, b = _maps(16, n=9, **case, dtype=np.float32), _maps(17, n=9, **case, dtype=np.float32)
     fa, fb = torch.from_numpy(a).reshape(9, -1), torch.from_numpy(b).reshape(9, -1)
     ref = _loop(lambda x, y: ss.spearmanr(x.ravel().astype(np.float64), y.ravel().astype(np.float64))[0], a, b)
-    for backend in ("numpy", "torch"):
+    for backend in ["numpy", "torch"] + BACKENDS[2:]:
         np.testing.assert_allclose(_rank_corr_rows(fa, fb, backend).numpy(), ref, atol=TOL)
         got = M.ssim(torch.from_numpy(a), torch.from_numpy(b), backend=backend)
         np.testing.assert_allclose(got.numpy(), M.ssim(torch.from_numpy(a).double(),
@@ -128,13 +144,21 @@ def test_pair_shape_errors():
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("shape,data_range,sigma", [((32, 32), 1.0, 1.5), ((20, 27), 2.0, 1.5),
-                                                    ((24, 24), 1.0, 1.0), ((11, 11), 1.0, 1.5)])
-def test_ssim_matches_skimage(case, shape, data_range, sigma):
+                                                    ((24, 24), 1.0, 1.0), ((11, 11), 1.0, 1.5),
+                                                    ((64, 64), 1.0, 1.5), ((19, 18), 1.0, 1.5)])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ssim_matches_skimage(case, shape, data_range, sigma, backend, dtype):
+    if backend == "native" and shape[1] - (2 * int(3.5 * sigma + 0.5)) < 8:
+        pytest.skip("the kernel needs 8 valid columns")
     a, b = _maps(20, n=6, h=shape[0], w=shape[1], **case), _maps(21, n=6, h=shape[0], w=shape[1], **case)
     b[0] = a[0]
     b[1] = np.clip(a[1] + 0.05, 0, 1)
     a[2] = 0.0                                               # constant maps are defined for SSIM
-    got = M.ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=data_range, sigma=sigma)
+    a[3, : shape[0] // 2] = 1.0                              # a flat non-zero region (variance cancellation)
+    a, b = a.astype(dtype), b.astype(dtype)
+    got = M.ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=data_range, sigma=sigma, backend=backend)
+    a, b = a.astype(np.float64), b.astype(np.float64)        # skimage computes in the input's precision
     ref = _loop(lambda x, y: sk_ssim(x, y, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
                                      data_range=data_range), a, b)
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=TOL)

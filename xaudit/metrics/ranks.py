@@ -14,6 +14,8 @@ import functools
 import numpy as np
 import torch
 
+from xaudit.metrics._native import kernels
+
 __all__ = ["rankdata", "twice_ranks"]
 
 
@@ -33,18 +35,34 @@ def _untied_ranks(b: int, p: int, dtype) -> np.ndarray:
     return t
 
 
-def _twice_ranks_numpy(x: np.ndarray, out_dtype=np.int64) -> np.ndarray:
+def sorted_keys(x: np.ndarray) -> np.ndarray:
+    """Each row of float32 ``x [b, p]`` (b * p < 2^31, no NaN) as sorted int64 keys: the value's
+    order-preserving int32 image in the high word, its flat index (row * p + column) in the low word.
+    Sorting the keys (numpy's SIMD sort) gives the sorted values and the permutation at once."""
+    b, p = x.shape
+    bits = (x + np.float32(0.0)).view(np.int32)          # + 0.0 turns -0.0 into +0.0 (they tie)
+    if bits.min() < 0:                                   # negative floats: flip to keep the order
+        bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    key = _key_template(b, p).copy()
+    key.view(np.int32).reshape(b, p, 2)[..., 1] = bits   # little endian: [..., 1] is the high word
+    key.sort(axis=1)
+    return key
+
+
+def native_ok(x: np.ndarray) -> bool:
+    """Whether the compiled kernels can rank ``x`` (float32 rows, packed keys fit)."""
+    return kernels is not None and x.dtype == np.float32 and x.size < (1 << 31)
+
+
+def _twice_ranks_numpy(x: np.ndarray, out_dtype=np.int64, native: bool = True) -> np.ndarray:
     b, p = x.shape
     n = b * p
     if x.dtype == np.float32 and n < (1 << 31):
-        # One int64 key per value: the float's order-preserving int32 image in the high word, its flat
-        # index in the low word. Sorting the keys (numpy's SIMD sort) gives sorted values and permutation.
-        bits = (x + np.float32(0.0)).view(np.int32)          # + 0.0 turns -0.0 into +0.0 (they tie)
-        if bits.min() < 0:                                   # negative floats: flip to keep the order
-            bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
-        key = _key_template(b, p).copy()
-        key.view(np.int32).reshape(b, p, 2)[..., 1] = bits   # little endian: [..., 1] is the high word
-        key.sort(axis=1)
+        key = sorted_keys(x)
+        if native and native_ok(x):                          # the run scan in C: one pass
+            out64 = np.empty((b, p), dtype=np.float64)
+            kernels.ranks_from_keys(key, out64, b, p)
+            return out64 if out_dtype == np.float64 else out64.astype(out_dtype)
         flat_index = (key & 0xFFFFFFFF).reshape(-1)
         vals = key.view(np.int32).reshape(b, p, 2)[..., 1]
     else:
@@ -92,14 +110,16 @@ def _twice_ranks_torch(x: torch.Tensor) -> torch.Tensor:
 def twice_ranks(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """``2 * average rank`` (int64, values 2..2P) of each row of ``x [B, P]``; same device as ``x``.
 
-    ``backend``: "auto" (numpy sort on CPU, torch elsewhere), "numpy" or "torch" (for tests).
+    ``backend``: "auto" (numpy sort and the compiled run scan on CPU, torch elsewhere), "native",
+    "numpy" (numpy only) or "torch" (for tests).
     """
     x = x.detach()
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    use_numpy = backend == "numpy" or (backend == "auto" and x.device.type == "cpu")
+    use_numpy = backend in ("numpy", "native") or (backend == "auto" and x.device.type == "cpu")
     if use_numpy:
-        return torch.from_numpy(_twice_ranks_numpy(np.ascontiguousarray(x.cpu().numpy())))
+        return torch.from_numpy(_twice_ranks_numpy(np.ascontiguousarray(x.cpu().numpy()),
+                                                   native=backend != "numpy"))
     return _twice_ranks_torch(x)
 
 

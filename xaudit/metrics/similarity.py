@@ -15,7 +15,8 @@ import torch
 from xaudit.core.errors import ConfigError, check_choice, check_range
 from xaudit.metrics._base import (MEASURES, as_map_batch, as_pair, code, correlation_codes, finish, for_blocks,
                                   row_flags, run_blocks)
-from xaudit.metrics.ranks import _twice_ranks_numpy, twice_ranks
+from xaudit.metrics._native import kernels
+from xaudit.metrics.ranks import _twice_ranks_numpy, native_ok, sorted_keys, twice_ranks
 
 __all__ = ["spearman", "pearson", "ssim", "hog", "hog_similarity", "hog_pixels_per_cell",
            "top_k_intersection", "mean_abs_diff"]
@@ -34,8 +35,8 @@ def _flat_pair(a, b):
 
 
 def _numpy_rows(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor's rows as a C-contiguous numpy array (a view when possible; no device crossing)."""
-    t = t.detach()
+    """A tensor's rows as a C-contiguous numpy array (for a CPU tensor a view when possible)."""
+    t = t.detach().cpu()
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()
     return np.ascontiguousarray(t.numpy())
@@ -55,10 +56,17 @@ def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor, backend: str = "auto") -
     products are exact in float64 and only the final division rounds."""
     n, p = fa.shape
     c0 = p * float(p + 1) ** 2            # P * (mean doubled rank)^2
-    if backend == "numpy" or (backend == "auto" and fa.device.type == "cpu"):
+    if backend in ("numpy", "native") or (backend == "auto" and fa.device.type == "cpu"):
         xa = _as_float32_if_exact(_numpy_rows(fa))
         xb = _as_float32_if_exact(_numpy_rows(fb))
         out = np.empty(n, dtype=np.float64)
+        if backend != "numpy" and native_ok(xa) and native_ok(xb):
+            def block_native(sl: slice) -> None:     # sort in numpy, then one C pass for both rows' ranks
+                ka, kb = sorted_keys(xa[sl]), sorted_keys(xb[sl])
+                kernels.rank_corr_keys(ka, kb, out[sl], ka.shape[0], p)
+
+            run_blocks(block_native, n, max(1, _CPU_BLOCK // p))
+            return torch.from_numpy(out).to(fa.device)
 
         def block(sl: slice) -> None:
             ra = _twice_ranks_numpy(xa[sl], np.float64)
@@ -70,7 +78,7 @@ def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor, backend: str = "auto") -
                 out[sl] = (sab - c0) / np.sqrt((saa - c0) * (sbb - c0))
 
         run_blocks(block, n, max(1, _CPU_BLOCK // p))
-        return torch.from_numpy(out).clamp(-1.0, 1.0)
+        return torch.from_numpy(out).clamp(-1.0, 1.0).to(fa.device)
     out = torch.empty(n, dtype=torch.float64, device=fa.device)
 
     def block_t(sl: slice) -> None:
@@ -104,20 +112,23 @@ def _pearson_rows(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
 @MEASURES.register("spearman", kind="similarity", higher_is_better=True, range=(-1.0, 1.0),
                    reference="scipy.stats.spearmanr (average ranks for ties); Adebayo et al. 2018",
                    nan_reasons=("constant_a", "constant_b", "constant_both", "nonfinite_input"))
-def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False):
+def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False, backend: str = "auto"):
     """Spearman rank correlation per image, ties given their average rank (= scipy.stats.spearmanr).
 
     NaN where a map is constant (reason ``constant_a`` / ``constant_b`` / ``constant_both``) or has a
     non-finite value (``nonfinite_input``). Range [-1, 1]; higher means more similar.
+    ``backend``: "auto" (on the CPU: numpy's sort plus the compiled rank scan when built, else numpy
+    only; torch elsewhere), "native", "numpy" or "torch".
     """
+    check_choice("backend", backend, ("auto", "native", "numpy", "torch"))
     fa, fb, finite, const_a, const_b = _flat_pair(a, b)
     codes = correlation_codes(const_a, const_b, finite)
     ok = codes == 0
     values = torch.full((fa.shape[0],), float("nan"), dtype=torch.float64, device=fa.device)
     if bool(ok.all()):
-        values = _rank_corr_rows(fa, fb)
+        values = _rank_corr_rows(fa, fb, backend)
     elif bool(ok.any()):
-        values[ok] = _rank_corr_rows(fa[ok], fb[ok])
+        values[ok] = _rank_corr_rows(fa[ok], fb[ok], backend)
     return finish(values, codes, return_reasons)
 
 
@@ -182,6 +193,23 @@ def _ssim_numpy(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2:
     return torch.from_numpy(out)
 
 
+def _ssim_native(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """The compiled kernel: the same valid-window moments and formula, computed in float64 in one pass
+    per image (no intermediate planes in memory)."""
+    n, h, w = x.shape
+    if x.dtype != y.dtype or x.dtype not in (np.float32, np.float64):
+        x, y = x.astype(np.float64), y.astype(np.float64)
+    is_f32 = int(x.dtype == np.float32)
+    t = np.ascontiguousarray(taps.numpy(), dtype=np.float64)
+    out = np.empty(n, dtype=np.float64)
+
+    def block(sl: slice) -> None:
+        kernels.ssim(x[sl], y[sl], t, out[sl], sl.stop - sl.start, h, w, is_f32, c1, c2)
+
+    run_blocks(block, n, max(1, _CPU_BLOCK // (h * w)))
+    return torch.from_numpy(out)
+
+
 def _ssim_torch(a, b, taps, c1, c2, dtype) -> torch.Tensor:
     n, h, w = a.shape
     kw = _band(w, taps).to(dtype=dtype, device=a.device)
@@ -216,10 +244,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
 
     ``data_range``: the range of the maps' values; 1.0 for 0-1 maps (choice recorded by the caller: the
     sanity-checks code implicitly used 2.0, skimage's default for floats). ``dtype``: the computing
-    precision; float64 (default) matches skimage (run in float64) to ~1e-13; float32 is about 2x faster
-    but the variances, computed as E[x^2] - E[x]^2, lose precision on flat non-zero regions: up to 6e-6
-    off on 0-1 maps with 20% of the pixels at 1 (skimage's own float32 path: 1.2e-6). Range [-1, 1].
-    ``backend``: "auto" (numpy blocks on CPU, torch elsewhere), "numpy" or "torch".
+    precision; float64 (default) matches skimage (run in float64) to ~1e-13; float32 (numpy and torch
+    backends only) loses precision in the variances, computed as E[x^2] - E[x]^2, on flat non-zero
+    regions: up to 6e-6 off on 0-1 maps with 20% of the pixels at 1 (skimage's own float32 path: 1.2e-6).
+    Range [-1, 1].
+    ``backend``: "auto" (on the CPU the compiled kernel when built, for float64, else numpy blocks; torch
+    elsewhere), "native", "numpy" or "torch".
     """
     a, b = as_pair(a, b)
     check_range("data_range", data_range, 0.0, math.inf, lo_open=True)
@@ -227,7 +257,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     check_range("k1", k1, 0.0, math.inf)
     check_range("k2", k2, 0.0, math.inf)
     check_choice("dtype", dtype, (torch.float32, torch.float64))
-    check_choice("backend", backend, ("auto", "numpy", "torch"))
+    check_choice("backend", backend, ("auto", "native", "numpy", "torch"))
     n, h, w = a.shape
     taps = _gaussian_taps(sigma)
     win = taps.numel()
@@ -237,9 +267,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     finite = row_flags(a.flatten(1))[0] & row_flags(b.flatten(1))[0]
-    if backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
+    native = kernels is not None and w - win + 1 >= 8    # the kernel works on 8-column blocks
+    if backend == "native" and not native:
+        raise ConfigError("backend", "the compiled kernels are not available (not built, XAUDIT_NO_KERNELS "
+                                     f"set, or maps narrower than {win + 7} px); use 'numpy' or 'auto'")
+    if backend == "native" or (backend == "auto" and a.device.type == "cpu" and native
+                               and dtype == torch.float64):
+        out = _ssim_native(_numpy_rows(a), _numpy_rows(b), taps, c1, c2).to(a.device)
+    elif backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
         out = _ssim_numpy(_numpy_rows(a), _numpy_rows(b), taps, c1, c2,
-                          np.float64 if dtype == torch.float64 else np.float32)
+                          np.float64 if dtype == torch.float64 else np.float32).to(a.device)
     else:
         out = _ssim_torch(a, b, taps, c1, c2, dtype)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
