@@ -221,6 +221,22 @@ def test_inline_run_records_failures_and_not_applicable(tmp_path, log):
     assert len(table(db, "SELECT * FROM run")) == 3
 
 
+def test_plain_progress_lines_when_not_a_terminal(tmp_path, log):
+    """Logs and CI get plain progress lines: a header, every model, and cell counts with failures."""
+    import io
+    stream = io.StringIO()
+    progress = xrun.Progress(None, stream=stream, log_every_s=0.0)
+    xrun.run(fake_preset(), out=tmp_path / "run", workers=1, source=FAKE_SOURCE, cache_dir=tmp_path / "cache",
+             progress=progress)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[xaudit] 18 cells to run (0 already done), ")
+    assert sum("model ready:" in line for line in lines) == 4
+    cell_lines = [line for line in lines if line.startswith("[xaudit] cells ")]
+    assert len(cell_lines) == 18                      # log_every_s=0: a line per cell
+    assert cell_lines[-1].startswith("[xaudit] cells 18/18 (2 failed, 2 n/a, 0 left), models 4/4, elapsed ")
+    assert "eta" in cell_lines[0] and "eta" not in cell_lines[-1]
+
+
 def test_processes_prepare_each_model_once_and_match_inline(tmp_path, log):
     inline = run_fake(tmp_path, out="inline", workers=1)
     rows_inline = Store.open(inline.run_dir, readonly=True).rows()
@@ -378,6 +394,28 @@ def test_scheduler_models_first_then_affinity_within_the_thread_budget():
     assert [s.next_task(set(), set()).key for _ in range(2)] == ["A", "B"]
     s.model_finished(ModelResult("A", "failed", error="boom"))
     assert [x.key for x in s.waiting] == ["c2", "c3"]
+
+
+def test_scheduler_keeps_a_method_on_one_worker():
+    """A worker goes on with the same model and method (its explanation memo serves them), and a second
+    worker starts another method rather than the same one."""
+    from xaudit.run.executor import affinity
+    from xaudit.run.models import ResolvedModel
+    ms = {"A": ResolvedModel("A", "A", "A", 0)}
+
+    def cell(check, method):
+        return CellTask(f"{check}/{method}", check, method, {}, "g", {"world": "w"}, 0, {}, (("A", 0, "A"),), ms)
+    # plan order: check-major, as build_plan makes it
+    cells = [cell(c, m) for c in ("casc", "indep", "data") for m in ("sal", "ig")]
+    s = Scheduler([], cells, cores=2, workers=2, cell_threads=1)
+    w1 = s.next_task({"A"}, set())
+    assert w1.key == "casc/sal"
+    w2 = s.next_task({"A"}, {"A"}, None, {affinity(w1)})
+    assert w2.key == "casc/ig"                              # not the method worker 1 is on
+    s.cell_finished(w1.key)
+    nxt = s.next_task({"A"}, {"A"}, affinity(w1), {affinity(w2)})
+    assert nxt.key == "indep/sal"                           # worker 1 stays on sal
+    assert affinity(nxt) == affinity(w1) != affinity(w2)
 
 
 # ------------------------------------------------------------------------------------------ kill and resume

@@ -265,6 +265,26 @@ def test_stages_randomize_exactly_the_right_blocks(spy_method, check_cls, expect
     assert [r["block"] for r in stage_rows] == ["original", "fc", "conv2", "conv1"]
 
 
+def test_checks_share_explanations_and_rows_do_not_change(spy_method):
+    """The memo serves the second check's original, reference and stage-1 maps (independent stage 1
+    re-initializes the same block with the same draws as cascading stage 1); its rows equal those of a
+    run without the memo."""
+    from xaudit.checks.memo import EXPLANATIONS
+    zoo = Zoo()
+    CascadingRandomization().run(context("cascading_randomization", "sanity_spy", zoo=zoo))
+    assert len(spy_method) == 2 + len(Tiny.blocks)
+    shared = IndependentRandomization().run(context("independent_randomization", "sanity_spy", zoo=zoo))
+    assert len(spy_method) == 2 + len(Tiny.blocks) + len(Tiny.blocks) - 1
+    budget = EXPLANATIONS.max_bytes
+    EXPLANATIONS.max_bytes = 0                               # off: every explanation computed again
+    try:
+        alone = IndependentRandomization().run(context("independent_randomization", "sanity_spy", zoo=zoo))
+    finally:
+        EXPLANATIONS.max_bytes = budget
+    assert len(spy_method) == 2 * (2 + len(Tiny.blocks)) + len(Tiny.blocks) - 1
+    assert shared == alone
+
+
 def test_cascading_blocks_keep_their_random_weights_across_stages(spy_method):
     CascadingRandomization().run(context("cascading_randomization", "sanity_spy"))
     s1, s2 = spy_method[2], spy_method[3]

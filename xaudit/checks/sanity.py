@@ -400,7 +400,11 @@ class SanityRun:
         return current if current is not None else predict(model, self.x)
 
     def explain(self, model, target: torch.Tensor) -> Maps:
-        raw, failed = explain_robust(self.explainer, model, self.x, target, self.explain_seed)
+        from xaudit.checks.memo import EXPLANATIONS
+
+        key = EXPLANATIONS.key(self.explainer, model, self.x, target, self.explain_seed)
+        raw, failed = EXPLANATIONS.get_or_compute(
+            key, lambda: explain_robust(self.explainer, model, self.x, target, self.explain_seed))
         return post_process(raw, target, failed)
 
     def explain_model(self, model) -> Maps:

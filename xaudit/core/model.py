@@ -36,3 +36,22 @@ def last_conv_name(model: nn.Module) -> str:
 
 def last_conv(model: nn.Module) -> nn.Module:
     return model.get_submodule(last_conv_name(model))
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of the model's parameter and buffer names and bytes (contiguous order: independent of
+    memory layout and thread count, unlike a floating-point sum). Equal digests mean equal weights."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            t = t.detach()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

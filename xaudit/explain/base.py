@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import itertools
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -228,9 +229,11 @@ class MethodInfo:
     description: str = ""
     validate: Callable[[dict[str, Any]], None] | None = None
     uses_model: bool = True
+    registration: int = 0      # distinct for every register() call: a re-registered name is a new method
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
+_REGISTRATIONS = itertools.count(1)
 
 
 def _as_passes(passes) -> Callable | None:
@@ -277,7 +280,7 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
         doc = inspect.getdoc(fn) or ""
         info = MethodInfo(name=key, fn=fn, family=family, stochastic=bool(stochastic), params=defaults,
                           passes=_as_passes(passes), description=doc.split("\n\n")[0].replace("\n", " "),
-                          validate=validate, uses_model=uses_model)
+                          validate=validate, uses_model=uses_model, registration=next(_REGISTRATIONS))
         METHODS.add(key, info, replace=replace)
         return fn
 

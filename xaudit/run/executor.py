@@ -38,6 +38,13 @@ def training_threads(source: str) -> int:
     return max(1, int(fn())) if callable(fn) else 1
 
 
+def affinity(task: CellTask) -> tuple:
+    """Cells with equal affinity explain the same model with the same method (and parameters)."""
+    import json
+
+    return (task.primary, task.method, json.dumps(task.method_params, sort_keys=True, default=repr))
+
+
 class Sink(Protocol):
     def model_started(self, key: str, worker: str) -> None: ...
     def model_finished(self, result: ModelResult) -> None: ...
@@ -91,9 +98,17 @@ class Scheduler:
     def _fits(self, threads: int) -> bool:
         return self.threads_in_use == 0 or self.threads_in_use + threads <= self.cores
 
-    def next_task(self, held: set[str], busy_others: set[str]) -> ModelTask | CellTask | None:
+    def next_task(self, held: set[str], busy_others: set[str], last: tuple | None = None,
+                  busy_affinities: set[tuple] | frozenset = frozenset()) -> ModelTask | CellTask | None:
         """The next task for a worker holding models ``held``; ``busy_others``: primary models other
-        workers are on. None: nothing may start now (wait for a result)."""
+        workers are on; ``last``: the affinity (:func:`affinity`) of the worker's previous cell;
+        ``busy_affinities``: those of the cells other workers are running. None: nothing may start now
+        (wait for a result).
+
+        Preference among runnable cells: the same model and method as the worker's previous cell (the
+        checks of one method on one model share explanations through the worker's memo), then a held
+        model with a method no other worker is on, then any held model, then a model no other worker
+        is on, then the rest; plan order within each rank."""
         if self.model_queue:
             if not self._fits(self.model_threads):
                 return None
@@ -103,12 +118,16 @@ class Scheduler:
             return replace(m, threads=self.model_threads)
         if not self._fits(self.cell_threads):
             return None
-        best, best_rank = None, 3
+        best, best_rank = None, 5
         for i, c in enumerate(self.waiting):
             if not self._runnable(c):
                 continue
             p = c.primary
-            rank = 0 if (p is None or p in held) else (1 if p not in busy_others else 2)
+            if p is None or p in held:
+                aff = affinity(c)
+                rank = 0 if (last is not None and aff == last) else (1 if aff not in busy_affinities else 2)
+            else:
+                rank = 3 if p not in busy_others else 4
             if rank < best_rank:
                 best, best_rank = i, rank
                 if rank == 0:
@@ -181,9 +200,10 @@ class LocalExecutor:
         config = replace(config, threads=self.cores)
         sched = Scheduler(models, cells, self.cores, 1, model_threads=self.cores, cell_threads=self.cores)
         state = WorkerState(config)
+        last = None
         try:
             while not sched.done():
-                task = sched.next_task(set(state.loaded), set())
+                task = sched.next_task(set(state.loaded), set(), last)
                 if task is None:
                     if sched.blocked():
                         raise RuntimeError("scheduler blocked: cells wait on models that are not scheduled")
@@ -196,6 +216,7 @@ class LocalExecutor:
                     _skip_failed(sched, sched.model_finished(res), sink)
                 else:
                     sink.cell_started(task.key, "main")
+                    last = affinity(task)
                     res = state.run_cell(task)
                     sched.cell_finished(task.key)
                     sink.cell_finished(res)
@@ -215,6 +236,7 @@ class LocalExecutor:
         ready: set[int] = set()
         current: dict[int, ModelTask | CellTask | None] = {}
         held: dict[int, set[str]] = {}
+        last: dict[int, tuple | None] = {}
         respawns = 0
         next_wid = 0
 
@@ -226,17 +248,20 @@ class LocalExecutor:
             p = ctx.Process(target=worker_main, args=(wid, inboxes[wid], outbox, config, os.getpid()),
                             name=f"xaudit-worker-{wid}", daemon=True)
             p.start()
-            procs[wid], current[wid], held[wid] = p, None, set()
+            procs[wid], current[wid], held[wid], last[wid] = p, None, set(), None
 
         def dispatch() -> None:
             for wid in sorted(ready):
                 if current.get(wid) is not None:
                     continue
-                busy = {t.primary for w, t in current.items() if w != wid and t is not None and t.kind == "cell"}
-                task = sched.next_task(held[wid], busy)
+                others = [t for w, t in current.items() if w != wid and t is not None and t.kind == "cell"]
+                task = sched.next_task(held[wid], {t.primary for t in others}, last[wid],
+                                       {affinity(t) for t in others})
                 if task is None:
                     return
                 current[wid] = task
+                if task.kind == "cell":
+                    last[wid] = affinity(task)
                 inboxes[wid].put(task)
 
         for _ in range(n):

@@ -149,19 +149,9 @@ class PassTimer:
 
 
 def _fingerprint(model) -> str:
-    """A digest of the model's parameters and buffers (their bytes in contiguous order: independent
-    of memory layout and thread count, unlike a floating-point sum)."""
-    import hashlib
+    from xaudit.core.model import fingerprint
 
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                     else t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return fingerprint(model)
 
 
 class WorkerState:
