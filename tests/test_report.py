@@ -143,7 +143,8 @@ def test_headline_of_several_verdict_rows():
                 "n": 8, "world": "shapes", "model": "clean", "seed": 0}
     rows = [v("a", "pass", 0.1), v("b", "fail", 0.9), v("c", "fail", 0.8)]
     e = headline_entry(rows, None)
-    assert e.verdict == MIXED and e.metric == "a" and e.text() == "MIXED (2 fail, 1 pass)"
+    assert e.verdict == MIXED and e.metric == "a" and e.text() == "PFF 0.1 [0, 0.2]" and e.codes() == "PFF"
+    assert e.metrics() == ["a", "b", "c"]
     e = headline_entry(rows, "b")
     assert e.verdict == "fail" and e.value == 0.9 and e.text() == "FAIL 0.9 [0.8, 1]"
     assert headline_entry(rows[1:], None).verdict == "fail"

@@ -32,7 +32,7 @@ def _png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)   # layouts are fixed: "tight" boxes cost a second render
     return buf.getvalue()
 
 
@@ -64,20 +64,23 @@ def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]
         labels = {r["stage"]: r.get("block") or str(r["stage"]) for r in rs if r.get("series") == "stage"}
         single = len([s for s in stages if s and s > 0]) <= 1
         metrics = [m for m in METRIC_ORDER if any(r["metric"] == m for r in rs)]
-        fig = Figure(figsize=(3.6 * len(metrics), 3.4 + 0.18 * len(methods)))
+        width = 3.2 * len(metrics) + 2.4                     # the legend on the right
+        bottom = 1.5 if single else 0.75                     # single comparisons: method names below
+        height = max(3.6, 0.13 * len(methods) + 1.0) + bottom - 0.75
+        fig = Figure(figsize=(width, height))
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        fig.subplots_adjust(left=0.7 / width, right=1 - 2.4 / width, bottom=bottom / height, top=1 - 0.65 / height,
+                            wspace=0.28)
         colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
         tau = next((r.get("tau") for r in rs if r.get("tau") is not None), None)
         for ax, metric in zip(axes, metrics):
             sel = [r for r in rs if r["metric"] == metric]
-            verdicts = {r["method"]: r for r in sel if r.get("series") == "verdict"}
             for i, meth in enumerate(methods):
                 c = colours[meth]
                 st = sorted((r for r in sel if r["method"] == meth and r.get("series") == "stage"),
                             key=lambda r: r["stage"])
                 ref = next((r for r in sel if r["method"] == meth and r.get("series") == "retrain_reference"), None)
-                v = verdicts.get(meth)
-                label = f"{meth}: {v['verdict']}" if v and v.get("verdict") else meth
+                label = meth
                 if single:
                     tested = [r for r in st if r["stage"] and r["stage"] > 0]
                     if tested:
@@ -103,7 +106,7 @@ def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]
             if tau is not None:
                 ax.axhline(float(tau), color="k", lw=0.6)
             if single:
-                ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+                ax.set_xticks(range(len(methods)), methods, rotation=90, fontsize=6)
             else:
                 ax.set_xticks(stages, [labels[s] for s in stages], rotation=45, ha="right", fontsize=7)
                 vs = next((r["stage"] for r in sel if r.get("series") == "verdict"), None)
@@ -111,10 +114,16 @@ def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]
                     ax.axvline(vs, color="0.6", lw=0.8, ls="-.")
             ax.set_ylim(-1.05, 1.05)
             ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
-            ax.legend(fontsize=6, loc="lower left")
         axes[0].set_ylabel("similarity to the original map")
-        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}   "
-                     f"(dashed/band: retrain reference; dotted: random-map calibration; "
+        # one legend for the figure; each method's verdict per metric in the panels' order
+        verdict_of = {(r["method"], r["metric"]): r.get("verdict") for r in rs if r.get("series") == "verdict"}
+        code = {"pass": "P", "fail": "F", "inconclusive": "?"}
+        handles = [axes[0].plot([], [], "-o", ms=3, color=colours[m])[0] for m in methods]
+        names = [f"{m}  {''.join(code.get(str(verdict_of.get((m, k))), '-') for k in metrics)}" for m in methods]
+        fig.legend(handles, names, loc="center right", fontsize=6.5, frameon=False,
+                   title="verdicts (P/F/?) per panel", title_fontsize=7)
+        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n"
+                     f"(dashed line and band: retrain reference; dotted: random-map calibration; "
                      f"black: tau = {tau})", fontsize=9)
         out.append((f"{check}: similarity vs stage ({model}, {world}, seed {seed})", _png(fig)))
     return out
@@ -125,7 +134,29 @@ def _load(path: Path) -> dict[str, Any]:
         return {k: z[k] for k in z.files}
 
 
+def _mosaic(tiles: list[list[np.ndarray | None]], pad: int = 2) -> np.ndarray:
+    """One RGB image [H', W', 3] of equally sized tiles ([h, w, 3] in [0, 1], or None: left white)."""
+    h, w = next(t for row in tiles for t in row if t is not None).shape[:2]
+    n_rows, n_cols = len(tiles), max(len(row) for row in tiles)
+    out = np.ones((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), dtype=np.float32)
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            if t is not None:
+                y, x = pad + r * (h + pad), pad + c * (w + pad)
+                out[y:y + h, x:x + w] = t
+    return out
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    """[C, H, W] image (C = 1 or 3) or [H, W] map in [0, 1] as [H, W, 3]."""
+    a = np.clip(a.astype(np.float32), 0, 1)
+    if a.ndim == 3:
+        a = a.transpose(1, 2, 0) if a.shape[0] == 3 else a[0]
+    return a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
+
+
 def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tuple[str, bytes]]:
+    """The map grids, each drawn as one mosaic image with text labels (one axes: fast to render)."""
     from matplotlib.figure import Figure
 
     root = Path(artifacts_dir)
@@ -138,35 +169,41 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
             continue
         groups[(str(d["model"]), str(d["world"]), int(d["seed"]))].append(d)
     out = []
+    pad = 2
     for (model, world, seed), ds in sorted(groups.items()):
         ds = sorted(ds, key=lambda d: str(d["method"]))
         n_img = min(int(d["abs"].shape[1]) for d in ds)
+        n_stages = max(int(d["abs"].shape[0]) for d in ds)
+        n_cols = 2 + n_stages                                  # input, stages, retrained model
+        stage_labels = next(d for d in ds if int(d["abs"].shape[0]) == n_stages)["stage_labels"]
         for i in range(min(n_inputs, n_img)):
-            n_cols = 2 + max(int(d["abs"].shape[0]) for d in ds)   # input, stages, retrained model
-            fig = Figure(figsize=(1.15 * n_cols, 1.2 * len(ds) + 0.6))
-            axes = fig.subplots(len(ds), n_cols, squeeze=False)
-            for r, d in enumerate(ds):
-                img = d["images"][i].astype(np.float32)
-                axes[r][0].imshow(np.clip(img.transpose(1, 2, 0), 0, 1) if img.shape[0] == 3 else img[0],
-                                  cmap=None if img.shape[0] == 3 else "gray")
-                axes[r][0].set_ylabel(str(d["method"]), fontsize=7, rotation=0, ha="right", va="center")
+            tiles, failed = [], []
+            for d in ds:
+                row = [_rgb(d["images"][i])] + [None] * (n_cols - 1)
                 for s in range(d["abs"].shape[0]):
-                    ax = axes[r][s + 1]
-                    ax.imshow(d["abs"][s, i].astype(np.float32), cmap="gray", vmin=0, vmax=1)
+                    row[s + 1] = _rgb(d["abs"][s, i])
                     if bool(d["failed"][s, i]):
-                        ax.text(0.5, 0.5, "failed", color="red", ha="center", va="center", transform=ax.transAxes)
-                    if r == 0:
-                        ax.set_title(str(d["stage_labels"][s]), fontsize=7, rotation=30)
-                for s in range(d["abs"].shape[0] + 1, n_cols - 1):
-                    axes[r][s].set_visible(False)
-                axes[r][-1].imshow(d["reference_abs"][i].astype(np.float32), cmap="gray", vmin=0, vmax=1)
-                if r == 0:
-                    axes[r][-1].set_title("retrained\n(other seed)", fontsize=7)
-            for row_axes in axes:
-                for ax in row_axes:
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-            axes[0][0].set_title("input", fontsize=7)
-            fig.suptitle(f"{check}: abs maps, input {i} ({model}, {world}, seed {seed})", fontsize=9)
+                        row[s + 1] = row[s + 1] * 0.4 + np.array([0.6, 0.0, 0.0], dtype=np.float32)
+                        failed.append((len(tiles), s + 1))
+                row[-1] = _rgb(d["reference_abs"][i])
+                tiles.append(row)
+            mosaic = _mosaic(tiles, pad)
+            th, tw = tiles[0][0].shape[:2]
+            fig = Figure(figsize=(0.75 * n_cols + 1.6, 0.75 * len(ds) + 1.1))
+            ax = fig.add_axes((1.4 / (0.75 * n_cols + 1.6), 0.02, 0.75 * n_cols / (0.75 * n_cols + 1.6),
+                               0.75 * len(ds) / (0.75 * len(ds) + 1.1)))
+            ax.imshow(mosaic, interpolation="nearest")
+            ax.set_axis_off()
+            cx = [pad + c * (tw + pad) + tw / 2 for c in range(n_cols)]
+            heads = ["input"] + [str(x) for x in stage_labels] + ["retrained (other seed)"]
+            for c, text in enumerate(heads):
+                ax.text(cx[c], -pad, text, fontsize=7, rotation=35, ha="left", va="bottom")
+            for r, d in enumerate(ds):
+                ax.text(-pad, pad + r * (th + pad) + th / 2, str(d["method"]), fontsize=7, ha="right",
+                        va="center")
+            for r, c in failed:
+                ax.text(cx[c], pad + r * (th + pad) + th / 2, "failed", fontsize=6, color="white",
+                        ha="center", va="center")
+            fig.suptitle(f"{check}: abs maps, input {i} ({model}, {world}, seed {seed})", fontsize=9, y=0.995)
             out.append((f"{check}: maps per method x stage, input {i} ({model}, {world}, seed {seed})", _png(fig)))
     return out

@@ -71,9 +71,12 @@ def _scorecard_html(sc: Scorecard) -> str:
         for m in sc.baselines:
             out.append(row(m, f"{_e(m)} <span class=lab>(baseline)</span>"))
     out.append("</table>")
-    legend = ", ".join(f"{w} = {k}" for k, (w, _) in VERDICT_STYLE.items())
+    legend = ", ".join(f"{w} = {k}" for k, (w, _) in VERDICT_STYLE.items() if k != "mixed")
     out.append(f'<p class="muted">Each entry: verdict, score [CI] from the check\'s verdict row ({_e(legend)}); '
-               '"error": the cell failed (see below); "n/a": the method does not apply to the model.</p>')
+               '"error": the cell failed (see below); "n/a": the method does not apply to the model. '
+               'Hover an entry for every verdict row.</p>')
+    for line in sc.legend()[1:]:
+        out.append(f'<p class="muted">{_e(line)}</p>')
     return "".join(out)
 
 

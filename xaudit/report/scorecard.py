@@ -3,7 +3,6 @@ the verdict with its score and CI from the check's verdict rows, or the cell sta
 pending) where there is no verdict. Computed from the store only."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,8 @@ BASELINE_FAMILIES = ("baseline", "baselines")
 MIXED = "mixed"   # a cell whose verdict rows (one per metric) disagree
 VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "inconclusive": ("?", "yellow"),
                  "mixed": ("MIXED", "yellow")}
+# one letter per metric where a cell has a verdict row per metric (in the rows' metric order)
+VERDICT_CODE = {"pass": "P", "fail": "F", "inconclusive": "?"}
 STATUS_TEXT = {"failed": "error", "not_applicable": "n/a", "pending": "pending", "running": "pending",
                "done": "no verdict"}
 
@@ -41,12 +42,18 @@ class Entry:
             s += f" [{self.ci_low:.3g}, {self.ci_high:.3g}]"
         return s
 
+    def codes(self) -> str:
+        """One letter per verdict row (P pass, F fail, ? inconclusive), in the rows' metric order."""
+        return "".join(VERDICT_CODE.get(str(d["verdict"]).lower(), "-") for d in self.details)
+
+    def metrics(self) -> list[str]:
+        return [str(d["metric"]) for d in self.details]
+
     def text(self) -> str:
         if self.verdict is not None:
+            if len(self.details) > 1:   # a verdict per metric: their letters, then the first metric's score
+                return f"{self.codes()} {self.score()}".strip()
             word = VERDICT_STYLE.get(str(self.verdict).lower(), (str(self.verdict).upper(),))[0]
-            if self.verdict == MIXED:   # no single score: the rows are different metrics
-                counts = Counter(str(d["verdict"]).lower() for d in self.details)
-                return word + " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
             return f"{word} {self.score()}".strip()
         return STATUS_TEXT.get(self.status, self.status)
 
@@ -72,6 +79,27 @@ class Scorecard:
 
     def lines(self, method: str, check: str) -> list[tuple[str, Entry]]:
         return [(self.label(e), e) for e in self.entries.get((method, check), [])]
+
+    def metric_orders(self) -> dict[str, list[str]]:
+        """check -> the metric order of its per-metric verdict letters (checks with several verdict rows)."""
+        out: dict[str, list[str]] = {}
+        for (_, check), es in self.entries.items():
+            for e in es:
+                if len(e.details) > 1 and check not in out:
+                    out[check] = e.metrics()
+        return out
+
+    def legend(self) -> list[str]:
+        """Lines that explain the entries: the verdict words, and each letter code's metric order."""
+        lines = ["PASS / FAIL / ? (inconclusive): the verdict, then the score [CI] at the verdict stage."]
+        orders = self.metric_orders()
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for check, metrics in orders.items():
+            groups.setdefault(tuple(metrics), []).append(check)
+        for metrics, checks in groups.items():
+            lines.append(f"{', '.join(checks)}: one letter per metric (P pass, F fail, ? inconclusive) in the "
+                         f"order {', '.join(metrics)}; the score is {metrics[0]}'s.")
+        return lines
 
 
 def method_families(store: Store) -> dict[str, str]:
@@ -172,3 +200,5 @@ def render_terminal(sc: Scorecard, console=None) -> None:
         for m in sc.baselines:
             t.add_row(Text(f"{m} (baseline)", style="italic"), *[cell(m, c) for c in sc.checks])
     console.print(t)
+    for line in sc.legend():
+        console.print(line, style="dim", markup=False, highlight=False)
