@@ -4,7 +4,8 @@ Every architecture
 - takes images float32 [N, C, H, W] in [0, 1] (normalization is the model's first module),
 - declares ``blocks``: names of its parameterized blocks ordered from the output to the input
   (the order of cascading randomization, PROTOCOLS.md section 1),
-- declares ``last_conv``: the module Grad-CAM hooks (None where there is no convolution),
+- declares ``last_conv``: the module Grad-CAM hooks, the last conv layer's rectified output (None where
+  there is no convolution),
 - uses one ``nn.ReLU`` / ``nn.MaxPool2d`` module per use (never functional, never in place), so that
   hook-based methods (Captum's guided backprop, DeepLift) see every non-linearity.
 
@@ -54,7 +55,10 @@ class CNN(nn.Module):
     fc(hidden)-ReLU, fc(num_classes). 'Same' padding, so the flattened size is 64 * (size/4)^2."""
 
     blocks = ("fc2", "fc1", "conv2", "conv1")
-    last_conv = "conv2"
+    # Grad-CAM's feature maps A^k: the last conv layer's rectified output (Caffe's in-place ReLU made
+    # conv5_3 rectified in the original). Unrectified conv2 outputs on the zero background of digits
+    # were negative everywhere, and the ReLU'd CAM all zero.
+    last_conv = "relu2"
 
     def __init__(self, channels: int = 3, size: int = 32, num_classes: int = 10, hidden: int = 128,
                  width: int = 32):
@@ -177,7 +181,7 @@ class VGG(nn.Module):
     Widths (w, w, 2w, 2w). Every conv and fc is its own block."""
 
     blocks = ("fc2", "fc1", "conv4", "conv3", "conv2", "conv1")
-    last_conv = "conv4"
+    last_conv = "relu4"      # the last conv layer's rectified output (see CNN)
 
     def __init__(self, channels: int = 3, size: int = 32, num_classes: int = 10, width: int = 32, hidden: int = 128):
         super().__init__()
