@@ -71,13 +71,26 @@ def comparable(rows: list[dict]) -> list[tuple]:
 
 # ------------------------------------------------------------------------------------------ presets
 def test_shipped_presets_validate():
-    assert {"smoke", "default"} <= set(xrun.shipped())
+    assert {"smoke", "default", "full"} <= set(xrun.shipped())
     smoke = load_preset("smoke")
     assert smoke.name == "smoke" and [c.name for c in smoke.checks] == ["cascading_randomization"]
     assert len(smoke.methods) == 2
     default = load_preset("default")
-    assert [c.name for c in default.checks] == ["all"] and [m.name for m in default.methods] == ["all"]
+    assert [c.name for c in default.checks] == ["all"] and default.methods[0].name == "all"
     assert [w.name for w in default.worlds] == ["shapes", "digits"]
+    # default: every method, a few sampling budgets lowered; full: every method at its defaults
+    plan = build_plan(default)
+    from xaudit import explain
+    assert set(plan.methods) == set(explain.names())
+    lowered = {c.method: c.method_params for c in plan.cells if c.method_params}
+    assert lowered == {"lime": {"samples": 128}, "kernel_shap": {"samples": 128},
+                       "shapley_value_sampling": {"samples": 2}, "deep_lift_shap": {"n_baselines": 8}}
+    full = build_plan(load_preset("full"))
+    assert set(full.methods) == set(plan.methods) and not any(c.method_params for c in full.cells)
+    sanity = ("cascading_randomization", "independent_randomization", "data_randomization", "random_logit")
+    # (this module registers fake checks too, which `all` includes here)
+    assert {c.params["n_images"] for c in full.cells if c.check in sanity} == {64}
+    assert {c.params["n_images"] for c in plan.cells if c.check in sanity} == {24}
 
 
 @pytest.mark.parametrize("change, field, allowed", [

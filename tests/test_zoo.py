@@ -557,3 +557,16 @@ def test_cli_train_and_list(tmp_path):
     assert card["seed"] == 2 and card["spec_hash"] == zoo.load_spec(str(p), seed=2).hash
     res = runner.invoke(app, ["zoo", "list", "--json", "--cache", str(tmp_path / "c")])
     assert res.exit_code == 0 and json.loads(res.stdout)[0]["spec_hash"] == card["spec_hash"]
+
+
+def test_cli_specs_lists_the_shipped_specs():
+    from typer.testing import CliRunner
+
+    from xaudit.cli import app
+
+    res = CliRunner().invoke(app, ["zoo", "specs", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert set(rows) == set(zoo.spec_names()) >= {"clean", "trojans", "random-labels", "spurious"}
+    assert rows["trojans"]["bugs"].count("patch") == 4 and rows["random-labels"]["bugs"] == ["random_labels"]
+    assert rows["spurious"]["world"] == "spurious" and rows["clean"]["arch"] == "cnn"

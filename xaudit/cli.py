@@ -75,6 +75,25 @@ def zoo_train(
                 typer.echo(f"{k:>26}: {card[k]}")
 
 
+@zoo_app.command("specs")
+def zoo_specs(as_json: bool = typer.Option(False, "--json")):
+    """List the specs shipped with xaudit (train one with `xaudit zoo train NAME`)."""
+    from xaudit.zoo import load_spec, spec_names
+
+    rows = []
+    for name in spec_names():
+        spec = load_spec(name)
+        rows.append({"name": name, "world": spec.world_config.get("world"), "arch": spec.arch.get("name"),
+                     "bugs": [b.get("kind") for b in spec.bugs], "description": spec.description})
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            kinds = dict.fromkeys(r["bugs"])
+            bugs = ", ".join(f"{r['bugs'].count(k)} {k}" if r["bugs"].count(k) > 1 else k for k in kinds) or "-"
+            typer.echo(f"{r['name']:<14} {r['world']:<9} {r['arch']:<5} {bugs:<26} {r['description']}")
+
+
 @zoo_app.command("list")
 def zoo_list(
     cache: Optional[Path] = typer.Option(None, "--cache"),
