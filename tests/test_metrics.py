@@ -115,6 +115,29 @@ def test_correlation_nan_reasons(fn):
     assert set(res.counts()) <= set(M.MEASURES.meta(fn.__name__)["nan_reasons"])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spearman_flags_every_kind_of_nonfinite_and_constant_row(dtype):
+    """The compiled path reads the row flags off the sorted keys (NaN and inf sort to a row's ends):
+    every placement and sign of a non-finite value, and constant rows of +-0.0, must be caught there."""
+    a, b = _maps(30, n=9, h=8, w=8, dtype=dtype), _maps(31, n=9, h=8, w=8, dtype=dtype)
+    a[0, 4, 4] = np.nan                     # NaN inside the row
+    a[1, 0, 0] = -np.nan                    # a NaN with the sign bit
+    a[2, 7, 7] = -np.inf
+    b[3, 2, 5] = np.inf
+    a[4] = -0.0                             # -0.0 and +0.0 are one value: constant
+    a[4, 1, :4] = 0.0
+    b[5] = -2.5                             # constant negative
+    a[6, :, :] = -a[6]                      # all negative, not constant: defined
+    b[7] = np.linspace(-1, 1, 64, dtype=dtype).reshape(8, 8)
+    expected = ["nonfinite_input"] * 4 + ["constant_a", "constant_b", None, None, None]
+    for backend in BACKENDS:
+        res = M.spearman(torch.from_numpy(a), torch.from_numpy(b), return_reasons=True, backend=backend)
+        assert res.reasons == expected, backend
+        ref = _loop(lambda x, y: ss.spearmanr(x.ravel().astype(np.float64), y.ravel().astype(np.float64))[0],
+                    a[6:], b[6:])
+        np.testing.assert_allclose(res.values[6:].numpy(), ref, atol=TOL)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_device_kernels_agree_with_cpu_kernels(case):
     """The torch kernels (used on GPUs) against the numpy CPU kernels, run here on CPU."""

@@ -3,10 +3,11 @@
  * Python thread pool over row blocks (xaudit.metrics._base.run_blocks). Every kernel has a numpy twin
  * in xaudit/metrics (used when this extension is not built, and in the tests as a cross-check).
  *
- *   ssim(x, y, taps, out, n, h, w, is_f32, c1, c2)
+ *   ssim(x, y, taps, out, nonfinite, n, h, w, is_f32, c1, c2)
  *       Mean SSIM of n image pairs [h, w] (float32 or float64 input, computed in float64): Gaussian-weighted
  *       moments by a separable 'valid' correlation with `taps` (float64 [k]), population covariances,
  *       mean over the (h-k+1) x (w-k+1) pixels whose window stays inside the image (what skimage averages).
+ *       nonfinite (uint8 [n]) is set to 1 for a pair with a NaN or infinite value.
  *   ranks_from_keys(keys, out, b, p)
  *       Doubled average ranks (float64) of b rows from their sorted packed keys.
  *   rank_corr_keys(ka, kb, out, b, p)
@@ -73,9 +74,11 @@ XA_INLINE v8d vertical_ssim8(const double *s, int w2, size_t plane, const double
 
 /* One image pair. hb: scratch [4][h][w2]; mrow: scratch [4][w]. Needs w - k + 1 >= LANES. */
 XA_INLINE double ssim_one_body(const void *xv, const void *yv, int is_f32, int h, int w, const double *taps,
-                               int k, double c1, double c2, double *restrict hb, double *restrict mrow) {
+                               int k, double c1, double c2, double *restrict hb, double *restrict mrow,
+                               int *restrict nonfinite) {
     const int h2 = h - k + 1, w2 = w - k + 1;
     double *m0 = mrow, *m1 = mrow + w, *m2 = mrow + 2 * w, *m3 = mrow + 3 * w;
+    double probe = 0;          /* stays 0 unless an input value is NaN or infinite (then NaN) */
     /* horizontal pass: the four moment rows x, y, x^2 + y^2, xy, each correlated along the row */
     for (int i = 0; i < h; i++) {
         if (is_f32) {
@@ -83,12 +86,14 @@ XA_INLINE double ssim_one_body(const void *xv, const void *yv, int is_f32, int h
             for (int j = 0; j < w; j++) {
                 const double a = xr[j], b = yr[j];
                 m0[j] = a; m1[j] = b; m2[j] = a * a + b * b; m3[j] = a * b;
+                probe += (a - a) + (b - b);
             }
         } else {
             const double *xr = (const double *)xv + (size_t)i * w, *yr = (const double *)yv + (size_t)i * w;
             for (int j = 0; j < w; j++) {
                 const double a = xr[j], b = yr[j];
                 m0[j] = a; m1[j] = b; m2[j] = a * a + b * b; m3[j] = a * b;
+                probe += (a - a) + (b - b);
             }
         }
         for (int c = 0; c < 4; c++)
@@ -109,12 +114,13 @@ XA_INLINE double ssim_one_body(const void *xv, const void *yv, int is_f32, int h
         }
     }
     for (int l = 0; l < LANES; l++) total += total8[l];
+    *nonfinite = probe != 0 || probe != probe;
     return total / ((double)h2 * (double)w2);
 }
 
 #define SSIM_ARGS const void *xv, const void *yv, int is_f32, int h, int w, const double *taps, int k, \
-                  double c1, double c2, double *restrict hb, double *restrict mrow
-#define SSIM_CALL xv, yv, is_f32, h, w, taps, k, c1, c2, hb, mrow
+                  double c1, double c2, double *restrict hb, double *restrict mrow, int *restrict nonfinite
+#define SSIM_CALL xv, yv, is_f32, h, w, taps, k, c1, c2, hb, mrow, nonfinite
 typedef double (*ssim_fn)(SSIM_ARGS);
 static double ssim_one_base(SSIM_ARGS) { return ssim_one_body(SSIM_CALL); }
 #ifdef XA_X86
@@ -137,16 +143,16 @@ static void pick_variants(void) {
 }
 
 static PyObject *py_ssim(PyObject *self, PyObject *args) {
-    Py_buffer xb, yb, tb, ob;
+    Py_buffer xb, yb, tb, ob, fb;
     int n, h, w, is_f32;
     double c1, c2;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*iiiidd", &xb, &yb, &tb, &ob, &n, &h, &w, &is_f32, &c1, &c2))
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*iiiidd", &xb, &yb, &tb, &ob, &fb, &n, &h, &w, &is_f32, &c1, &c2))
         return NULL;
     PyObject *ret = NULL;
     const int k = (int)(tb.len / (Py_ssize_t)sizeof(double));
     const Py_ssize_t item = is_f32 ? 4 : 8;
     if (n < 0 || h < k || w - k + 1 < LANES || k < 1 || xb.len != (Py_ssize_t)n * h * w * item || yb.len != xb.len ||
-        ob.len != (Py_ssize_t)n * (Py_ssize_t)sizeof(double)) {
+        ob.len != (Py_ssize_t)n * (Py_ssize_t)sizeof(double) || fb.len != (Py_ssize_t)n) {
         PyErr_SetString(PyExc_ValueError, "ssim: buffer sizes do not match n, h, w, dtype and taps (or w - len(taps) + 1 < 8)");
         goto done;
     }
@@ -154,17 +160,22 @@ static PyObject *py_ssim(PyObject *self, PyObject *args) {
     if (!scratch) { PyErr_NoMemory(); goto done; }
     const double *taps = (const double *)tb.buf;
     double *out = (double *)ob.buf;
+    unsigned char *flag = (unsigned char *)fb.buf;
     Py_BEGIN_ALLOW_THREADS
     const size_t stride = (size_t)h * w * item;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        int nonfinite = 0;
         out[i] = ssim_one((const char *)xb.buf + i * stride, (const char *)yb.buf + i * stride, is_f32, h, w,
-                          taps, k, c1, c2, scratch, scratch + (size_t)4 * h * (w - k + 1));
+                          taps, k, c1, c2, scratch, scratch + (size_t)4 * h * (w - k + 1), &nonfinite);
+        flag[i] = (unsigned char)nonfinite;
+    }
     Py_END_ALLOW_THREADS
     free(scratch);
     ret = Py_None;
     Py_INCREF(ret);
 done:
     PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&tb); PyBuffer_Release(&ob);
+    PyBuffer_Release(&fb);
     return ret;
 }
 
@@ -257,7 +268,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"ssim", py_ssim, METH_VARARGS, "ssim(x, y, taps, out, n, h, w, is_f32, c1, c2): mean SSIM per image pair"},
+    {"ssim", py_ssim, METH_VARARGS, "ssim(x, y, taps, out, nonfinite, n, h, w, is_f32, c1, c2): mean SSIM per image pair"},
     {"ranks_from_keys", py_ranks_from_keys, METH_VARARGS,
      "ranks_from_keys(keys, out, b, p): doubled average ranks (float64) from sorted packed keys"},
     {"rank_corr_keys", py_rank_corr_keys, METH_VARARGS,

@@ -23,6 +23,7 @@ __all__ = ["spearman", "pearson", "ssim", "hog", "hog_similarity", "hog_pixels_p
 
 _CPU_BLOCK = 1 << 16   # elements per map per block on the CPU: 16 maps of 64x64, in cache
 _HOG_BLOCK = 1 << 18   # HOG's per-pixel-of-cell loop amortizes over bigger blocks (64 maps of 64x64)
+_NATIVE_BLOCK = 1 << 18   # the C kernels work row by row: bigger blocks, fewer thread-pool tasks
 
 
 def _flat_pair(a, b):
@@ -121,15 +122,56 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False, 
     only; torch elsewhere), "native", "numpy" or "torch".
     """
     check_choice("backend", backend, ("auto", "native", "numpy", "torch"))
+    if backend == "native" or (backend == "auto" and a.device.type == "cpu"):
+        native = _spearman_native(a, b)
+        if native is not None:
+            values, finite, const_a, const_b = native
+            return finish(values.to(a.device), correlation_codes(const_a, const_b, finite).to(a.device),
+                          return_reasons)
     fa, fb, finite, const_a, const_b = _flat_pair(a, b)
     codes = correlation_codes(const_a, const_b, finite)
     ok = codes == 0
     values = torch.full((fa.shape[0],), float("nan"), dtype=torch.float64, device=fa.device)
     if bool(ok.all()):
-        values = _rank_corr_rows(fa, fb, backend)
+        values = _rank_corr_rows(fa, fb, "numpy" if backend == "native" else backend)
     elif bool(ok.any()):
-        values[ok] = _rank_corr_rows(fa[ok], fb[ok], backend)
+        values[ok] = _rank_corr_rows(fa[ok], fb[ok], "numpy" if backend == "native" else backend)
     return finish(values, codes, return_reasons)
+
+
+def _key_extremes(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(finite, constant) per row from its sorted packed keys: NaN and inf sort to a row's ends (negative
+    ones first, positive ones last), and a row is constant when its smallest and largest values agree."""
+    lo = (key[:, 0] >> 32).astype(np.int32)
+    hi = (key[:, -1] >> 32).astype(np.int32)
+    decode = lambda v: (v ^ ((v >> 31) & np.int32(0x7FFFFFFF))).view(np.float32)   # noqa: E731 (undo the flip)
+    return np.isfinite(decode(lo)) & np.isfinite(decode(hi)), lo == hi
+
+
+def _spearman_native(a: torch.Tensor, b: torch.Tensor):
+    """(rho, finite, const_a, const_b) with the compiled rank scan, the row flags read off the sorted keys
+    (no separate passes over the maps); None when the kernels cannot take these maps."""
+    a, b = as_pair(a, b)
+    n = a.shape[0]
+    xa = _as_float32_if_exact(_numpy_rows(a.flatten(1)))
+    xb = _as_float32_if_exact(_numpy_rows(b.flatten(1)))
+    if not (native_ok(xa) and native_ok(xb)) or n == 0:
+        return None
+    p = xa.shape[1]
+    out = np.empty(n, dtype=np.float64)
+    fin = np.empty(n, dtype=bool)
+    ca = np.empty(n, dtype=bool)
+    cb = np.empty(n, dtype=bool)
+
+    def block(sl: slice) -> None:
+        ka, kb = sorted_keys(xa[sl]), sorted_keys(xb[sl])
+        kernels.rank_corr_keys(ka, kb, out[sl], ka.shape[0], p)
+        fa_, ca[sl] = _key_extremes(ka)
+        fb_, cb[sl] = _key_extremes(kb)
+        fin[sl] = fa_ & fb_
+
+    run_blocks(block, n, max(1, _NATIVE_BLOCK // p))
+    return (torch.from_numpy(out), torch.from_numpy(fin), torch.from_numpy(ca), torch.from_numpy(cb))
 
 
 @MEASURES.register("pearson", kind="similarity", higher_is_better=True, range=(-1.0, 1.0),
@@ -193,21 +235,23 @@ def _ssim_numpy(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2:
     return torch.from_numpy(out)
 
 
-def _ssim_native(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+def _ssim_native(x: np.ndarray, y: np.ndarray, taps: torch.Tensor, c1: float, c2: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled kernel: the same valid-window moments and formula, computed in float64 in one pass
-    per image (no intermediate planes in memory)."""
+    per image (no intermediate planes in memory). Returns (values [N], finite [N] bool)."""
     n, h, w = x.shape
     if x.dtype != y.dtype or x.dtype not in (np.float32, np.float64):
         x, y = x.astype(np.float64), y.astype(np.float64)
     is_f32 = int(x.dtype == np.float32)
     t = np.ascontiguousarray(taps.numpy(), dtype=np.float64)
     out = np.empty(n, dtype=np.float64)
+    bad = np.zeros(n, dtype=np.uint8)
 
     def block(sl: slice) -> None:
-        kernels.ssim(x[sl], y[sl], t, out[sl], sl.stop - sl.start, h, w, is_f32, c1, c2)
+        kernels.ssim(x[sl], y[sl], t, out[sl], bad[sl], sl.stop - sl.start, h, w, is_f32, c1, c2)
 
-    run_blocks(block, n, max(1, _CPU_BLOCK // (h * w)))
-    return torch.from_numpy(out)
+    run_blocks(block, n, max(1, _NATIVE_BLOCK // (h * w)))
+    return torch.from_numpy(out), torch.from_numpy(bad == 0)
 
 
 def _ssim_torch(a, b, taps, c1, c2, dtype) -> torch.Tensor:
@@ -266,19 +310,22 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
                                f"(window of {win} taps); got {h}x{w}")
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    finite = row_flags(a.flatten(1))[0] & row_flags(b.flatten(1))[0]
     native = kernels is not None and w - win + 1 >= 8    # the kernel works on 8-column blocks
     if backend == "native" and not native:
         raise ConfigError("backend", "the compiled kernels are not available (not built, XAUDIT_NO_KERNELS "
                                      f"set, or maps narrower than {win + 7} px); use 'numpy' or 'auto'")
-    if backend == "native" or (backend == "auto" and a.device.type == "cpu" and native
-                               and dtype == torch.float64):
-        out = _ssim_native(_numpy_rows(a), _numpy_rows(b), taps, c1, c2).to(a.device)
-    elif backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
-        out = _ssim_numpy(_numpy_rows(a), _numpy_rows(b), taps, c1, c2,
-                          np.float64 if dtype == torch.float64 else np.float32).to(a.device)
+    use_native = backend == "native" or (backend == "auto" and a.device.type == "cpu" and native
+                                         and dtype == torch.float64)
+    if use_native:
+        out, finite = _ssim_native(_numpy_rows(a), _numpy_rows(b), taps, c1, c2)   # finiteness checked inside
+        out, finite = out.to(a.device), finite.to(a.device)
     else:
-        out = _ssim_torch(a, b, taps, c1, c2, dtype)
+        finite = row_flags(a.flatten(1))[0] & row_flags(b.flatten(1))[0]
+        if backend == "numpy" or (backend == "auto" and a.device.type == "cpu"):
+            out = _ssim_numpy(_numpy_rows(a), _numpy_rows(b), taps, c1, c2,
+                              np.float64 if dtype == torch.float64 else np.float32).to(a.device)
+        else:
+            out = _ssim_torch(a, b, taps, c1, c2, dtype)
     codes = torch.where(finite, 0, code("nonfinite_input")).to(torch.int8)
     return finish(out, codes, return_reasons)
 
