@@ -83,18 +83,27 @@ def main() -> None:
         "spearman": (lambda: M.spearman(a, b),
                      lambda: loop(lambda x, y: ss.spearmanr(x.ravel(), y.ravel())[0], an, bn),
                      "scipy.stats.spearmanr per image"),
+        "spearman_numpy_only": (lambda: M.spearman(a, b, backend="numpy"),
+                                lambda: loop(lambda x, y: ss.spearmanr(x.ravel(), y.ravel())[0], an, bn),
+                                "as spearman, without the compiled kernels (numpy fallback)"),
         "spearman_80pct_zeros": (lambda: M.spearman(za, zb),
                                  lambda: loop(lambda x, y: ss.spearmanr(x.ravel(), y.ravel())[0], zan, zbn),
                                  "scipy.stats.spearmanr per image, 80% of pixels 0 (ties)"),
         "ssim": (lambda: M.ssim(a, b, data_range=1.0),
                  lambda: loop(lambda x, y: sk_ssim(x, y, gaussian_weights=True, sigma=1.5,
                                                    use_sample_covariance=False, data_range=1.0), an, bn),
-                 "skimage.metrics.structural_similarity per image (float32 maps); xaudit in float64"),
+                 "skimage.metrics.structural_similarity per image (float32 maps); xaudit in float64 "
+                 "(the compiled kernel when built)"),
+        "ssim_numpy_only": (lambda: M.ssim(a, b, data_range=1.0, backend="numpy"),
+                            lambda: loop(lambda x, y: sk_ssim(x, y, gaussian_weights=True, sigma=1.5,
+                                                              use_sample_covariance=False, data_range=1.0),
+                                         an, bn),
+                            "as ssim, without the compiled kernels (numpy fallback, float64)"),
         "ssim_float32": (lambda: M.ssim(a, b, data_range=1.0, dtype=torch.float32),
                          lambda: loop(lambda x, y: sk_ssim(x, y, gaussian_weights=True, sigma=1.5,
                                                            use_sample_covariance=False, data_range=1.0),
                                       an, bn),
-                         "as ssim, xaudit computing in float32"),
+                         "as ssim, xaudit computing in float32 (numpy path: the kernel is float64 only)"),
         "pearson": (lambda: M.pearson(a, b),
                     lambda: loop(lambda x, y: ss.pearsonr(x.ravel(), y.ravel())[0], an, bn),
                     "scipy.stats.pearsonr per image"),
@@ -134,8 +143,10 @@ def main() -> None:
         print(f"{name:22s} xaudit {min(t_ours):7.3f} s   loop {min(t_ref):7.3f} s   "
               f"{min(t_ref) / min(t_ours):6.1f}x wall  {min(c_ref) / min(c_ours):6.1f}x cpu   "
               f"max|diff| {diff:.1e}", flush=True)
+    from xaudit.metrics import _native
     doc = {
-        "bench": "metrics", "n_pairs": n, "size": size, "threads": torch.get_num_threads(),
+        "bench": "metrics", "kernels": _native.kernels.simd if _native.available() else None,
+        "n_pairs": n, "size": size, "threads": torch.get_num_threads(),
         "repeats": args.repeats, "target": ">= 20x for spearman and ssim on 2 cores",
         "command": f".venv/bin/python bench/metrics.py --n {n} --size {size} --repeats {args.repeats}",
         "load_average_at_end": list(os.getloadavg()),

@@ -93,6 +93,8 @@ def run_xaudit(method: str, params: dict, models: dict, world_cfg: dict, n_image
                        model_group="clean", world=world_cfg, seed=0,
                        params={"n_images": n_images, "figure_images": 0},
                        load_model=lambda ref: models[(ref.spec, ref.seed)])
+    from xaudit.checks.memo import EXPLANATIONS
+    EXPLANATIONS.clear()      # each repeat computes its explanations (a cell reuses none of its own)
     t0 = time.perf_counter()
     rows = CascadingRandomization().run(ctx)
     return time.perf_counter() - t0, rows
