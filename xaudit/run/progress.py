@@ -29,7 +29,7 @@ class Progress:
 
     def start(self, n_models: int, n_cells: int, already_done: int, workers: int) -> None:
         self._n_models, self._n_cells = n_models, n_cells
-        self._t0 = self._last_log = time.monotonic()
+        self._t0 = self._last_log = self._t_cells = time.monotonic()
         self._next_tenth = 1
         if not self.enabled:
             return
@@ -59,10 +59,13 @@ class Progress:
         print(f"[xaudit] {text}", file=self.stream, flush=True)
 
     def status_line(self) -> str:
-        """cells done/total, failures, models, elapsed and an ETA from the cells' mean rate so far."""
-        elapsed = time.monotonic() - self._t0
+        """cells done/total, failures, models, elapsed and an ETA from the cells' mean rate since the
+        models were ready (cells wait for their models, so training time says nothing of their rate)."""
+        now = time.monotonic()
+        elapsed = now - self._t0
         left = self._n_cells - self.done
-        eta = f", eta {_clock(elapsed / self.done * left)}" if self.done and left else ""
+        eta = (f", eta {_clock((now - self._t_cells) / self.done * left)}"
+               if self.done and left and now > self._t_cells else "")
         models = f", models {self.models_done}/{self._n_models}" if self._n_models else ""
         na = f", {self.not_applicable} n/a" if self.not_applicable else ""
         return (f"cells {self.done}/{self._n_cells} ({self.failed} failed{na}, {left} left){models}, "
@@ -80,6 +83,7 @@ class Progress:
 
     def model_finished(self, label: str, ok: bool) -> None:
         self.models_done += 1
+        self._t_cells = time.monotonic()      # the cells' clock starts when the last model is ready
         if self._p is not None and self._models is not None:
             self._p.update(self._models, advance=1, info=("" if ok else f"[red]failed: {label}[/]"))
         elif self.enabled and not self.live:
