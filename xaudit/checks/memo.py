@@ -3,10 +3,10 @@
 The four sanity checks of one method on one model all explain the trained model and its retrain
 reference on the same images, and cascading stage 1 re-initializes the same block with the same draws
 as independent stage 1: without the memo a (method, model) pair explained 18 times what 11 explanations
-determine. The memo is keyed by content, never by names: the method (its registration: a method registered again
-under the same name is another method) and its parameters, a digest of
-the model's weights (:func:`xaudit.core.model.fingerprint`), the images' and targets' bytes, and the
-seed of the method's random draws. A hit is therefore the explanation a recomputation would return
+determine. The memo is keyed by content, never by names: the method (its registration: a method
+registered again under the same name is another method) and its parameters, a digest of the model's
+weights (:func:`xaudit.core.model.fingerprint`), the images' and targets' bytes, and the seed of the
+method's random draws. A hit is therefore the explanation a recomputation would return
 (explanations are deterministic given those), so results never depend on which cells shared a worker.
 
 Entries are cloned in and out (callers may modify what they get) and evicted least-recently-used

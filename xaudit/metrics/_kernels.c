@@ -40,7 +40,7 @@ XA_INLINE void store8(double *p, v8d v) { __builtin_memcpy(p, &v, sizeof v); }
 /* dst[j] = sum_t taps[t] * src[j + t] for j < m ('valid' correlation; m >= LANES), LANES outputs at a time
  * in a register; the last block overlaps the one before instead of a scalar tail. */
 XA_INLINE void correlate_row(const double *restrict src, double *restrict dst, int m,
-                                 const double *restrict taps, int k) {
+                             const double *restrict taps, int k) {
     for (int j = 0;; j += LANES) {
         if (j + LANES > m) j = m - LANES;
         v8d acc = taps[0] * load8(src + j);
@@ -151,9 +151,10 @@ static PyObject *py_ssim(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     const int k = (int)(tb.len / (Py_ssize_t)sizeof(double));
     const Py_ssize_t item = is_f32 ? 4 : 8;
-    if (n < 0 || h < k || w - k + 1 < LANES || k < 1 || xb.len != (Py_ssize_t)n * h * w * item || yb.len != xb.len ||
-        ob.len != (Py_ssize_t)n * (Py_ssize_t)sizeof(double) || fb.len != (Py_ssize_t)n) {
-        PyErr_SetString(PyExc_ValueError, "ssim: buffer sizes do not match n, h, w, dtype and taps (or w - len(taps) + 1 < 8)");
+    if (n < 0 || k < 1 || h < k || w - k + 1 < LANES || xb.len != (Py_ssize_t)n * h * w * item ||
+        yb.len != xb.len || ob.len != (Py_ssize_t)n * (Py_ssize_t)sizeof(double) || fb.len != (Py_ssize_t)n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "ssim: buffer sizes do not match n, h, w, dtype and taps (or w - len(taps) + 1 < 8)");
         goto done;
     }
     double *scratch = malloc(sizeof(double) * ((size_t)4 * h * (w - k + 1) + (size_t)4 * w));
@@ -268,7 +269,8 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"ssim", py_ssim, METH_VARARGS, "ssim(x, y, taps, out, nonfinite, n, h, w, is_f32, c1, c2): mean SSIM per image pair"},
+    {"ssim", py_ssim, METH_VARARGS,
+     "ssim(x, y, taps, out, nonfinite, n, h, w, is_f32, c1, c2): mean SSIM per image pair"},
     {"ranks_from_keys", py_ranks_from_keys, METH_VARARGS,
      "ranks_from_keys(keys, out, b, p): doubled average ranks (float64) from sorted packed keys"},
     {"rank_corr_keys", py_rank_corr_keys, METH_VARARGS,
@@ -276,8 +278,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                     "CPU kernels of xaudit.metrics (see _kernels.c)", -1, methods, NULL, NULL, NULL, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels of xaudit.metrics (see _kernels.c)",
+                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     pick_variants();
