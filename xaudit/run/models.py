@@ -73,8 +73,8 @@ class ZooSource:
             raw["world"] = {"name": world["world"], **{k: v for k, v in world.items() if k != "world"}}
             raw["name"] = f"{raw.get('name', group)}@{world['world']}"
             desc = str(raw.get("description") or "").strip()
-            raw["description"] = (f"{desc}; " if desc else "") + f"retargeted to world {world['world']} " \
-                                 "by the runner (description above is the base spec's)"
+            raw["description"] = (f"{desc} " if desc else "") + f"[the base spec, retargeted to world " \
+                                 f"{world['world']} by the runner]"
             spec = Spec.from_raw(raw).with_seed(seed)
             if spec.world_config != world:
                 raise ConfigError(f"models.{group}", f"could not retarget spec {_short(spec_ref)} to world {world}: "
