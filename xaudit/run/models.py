@@ -73,7 +73,7 @@ class ZooSource:
             raw["world"] = {"name": world["world"], **{k: v for k, v in world.items() if k != "world"}}
             raw["name"] = f"{raw.get('name', group)}@{world['world']}"
             desc = str(raw.get("description") or "").strip()
-            raw["description"] = (f"{desc} " if desc else "") + f"[the base spec, retargeted to world " \
+            raw["description"] = (f"{desc} " if desc else "") + "[the base spec, retargeted to world " \
                                  f"{world['world']} by the runner]"
             spec = Spec.from_raw(raw).with_seed(seed)
             if spec.world_config != world:
