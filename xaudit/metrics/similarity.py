@@ -62,12 +62,7 @@ def _rank_corr_rows(fa: torch.Tensor, fb: torch.Tensor, backend: str = "auto") -
         xb = _as_float32_if_exact(_numpy_rows(fb))
         out = np.empty(n, dtype=np.float64)
         if backend != "numpy" and native_ok(xa) and native_ok(xb):
-            def block_native(sl: slice) -> None:     # sort in numpy, then one C pass for both rows' ranks
-                ka, kb = sorted_keys(xa[sl]), sorted_keys(xb[sl])
-                kernels.rank_corr_keys(ka, kb, out[sl], ka.shape[0], p)
-
-            run_blocks(block_native, n, max(1, _CPU_BLOCK // p))
-            return torch.from_numpy(out).to(fa.device)
+            return _rank_corr_native(xa, xb)[0].to(fa.device)
 
         def block(sl: slice) -> None:
             ra = _twice_ranks_numpy(xa[sl], np.float64)
@@ -133,9 +128,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor, *, return_reasons: bool = False, 
     ok = codes == 0
     values = torch.full((fa.shape[0],), float("nan"), dtype=torch.float64, device=fa.device)
     if bool(ok.all()):
-        values = _rank_corr_rows(fa, fb, "numpy" if backend == "native" else backend)
+        values = _rank_corr_rows(fa, fb, backend)
     elif bool(ok.any()):
-        values[ok] = _rank_corr_rows(fa[ok], fb[ok], "numpy" if backend == "native" else backend)
+        values[ok] = _rank_corr_rows(fa[ok], fb[ok], backend)
     return finish(values, codes, return_reasons)
 
 
@@ -148,30 +143,37 @@ def _key_extremes(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.isfinite(decode(lo)) & np.isfinite(decode(hi)), lo == hi
 
 
-def _spearman_native(a: torch.Tensor, b: torch.Tensor):
-    """(rho, finite, const_a, const_b) with the compiled rank scan, the row flags read off the sorted keys
-    (no separate passes over the maps); None when the kernels cannot take these maps."""
-    a, b = as_pair(a, b)
-    n = a.shape[0]
-    xa = _as_float32_if_exact(_numpy_rows(a.flatten(1)))
-    xb = _as_float32_if_exact(_numpy_rows(b.flatten(1)))
-    if not (native_ok(xa) and native_ok(xb)) or n == 0:
-        return None
-    p = xa.shape[1]
+def _rank_corr_native(xa: np.ndarray, xb: np.ndarray, flags: bool = False):
+    """Spearman's rho of the rows of float32 ``xa, xb [N, P]``: numpy sorts each row's packed keys, the
+    compiled kernel scans both sorted rows once. With ``flags``, also (finite, const_a, const_b) per row,
+    read off the sorted keys. Returns torch tensors: (rho,) or (rho, finite, const_a, const_b)."""
+    n, p = xa.shape
     out = np.empty(n, dtype=np.float64)
-    fin = np.empty(n, dtype=bool)
-    ca = np.empty(n, dtype=bool)
-    cb = np.empty(n, dtype=bool)
+    fin, ca, cb = (np.empty(n, dtype=bool) for _ in range(3))
 
     def block(sl: slice) -> None:
         ka, kb = sorted_keys(xa[sl]), sorted_keys(xb[sl])
         kernels.rank_corr_keys(ka, kb, out[sl], ka.shape[0], p)
-        fa_, ca[sl] = _key_extremes(ka)
-        fb_, cb[sl] = _key_extremes(kb)
-        fin[sl] = fa_ & fb_
+        if flags:
+            fa_, ca[sl] = _key_extremes(ka)
+            fb_, cb[sl] = _key_extremes(kb)
+            fin[sl] = fa_ & fb_
 
     run_blocks(block, n, max(1, _NATIVE_BLOCK // p))
-    return (torch.from_numpy(out), torch.from_numpy(fin), torch.from_numpy(ca), torch.from_numpy(cb))
+    if not flags:
+        return (torch.from_numpy(out),)
+    return torch.from_numpy(out), torch.from_numpy(fin), torch.from_numpy(ca), torch.from_numpy(cb)
+
+
+def _spearman_native(a: torch.Tensor, b: torch.Tensor):
+    """(rho, finite, const_a, const_b) with the compiled rank scan, the row flags read off the sorted keys
+    (no separate passes over the maps); None when the kernels cannot take these maps."""
+    a, b = as_pair(a, b)
+    xa = _as_float32_if_exact(_numpy_rows(a.flatten(1)))
+    xb = _as_float32_if_exact(_numpy_rows(b.flatten(1)))
+    if not (native_ok(xa) and native_ok(xb)) or a.shape[0] == 0:
+        return None
+    return _rank_corr_native(xa, xb, flags=True)
 
 
 @MEASURES.register("pearson", kind="similarity", higher_is_better=True, range=(-1.0, 1.0),
