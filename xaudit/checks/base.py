@@ -23,6 +23,9 @@ CHECKS: Registry[type["Check"]] = Registry("check")
 ROW_COLUMNS = ("check", "method", "model", "world", "seed", "metric", "value",
                "ci_low", "ci_high", "n", "verdict")
 
+# one letter per verdict, for compact per-metric verdict strings (figure legends, the scorecard)
+VERDICT_CODE = {"pass": "P", "fail": "F", "inconclusive": "?"}
+
 
 @dataclass(frozen=True)
 class ModelRef:

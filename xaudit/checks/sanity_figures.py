@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xaudit.checks.base import VERDICT_CODE
+
 METRIC_TITLES = {"spearman_abs": "Spearman (abs maps)", "spearman_signed": "Spearman (signed maps)",
                  "ssim": "SSIM (0-1 maps)", "hog": "HOG similarity", "edge_similarity": "similarity to edge map"}
 METRIC_ORDER = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
@@ -93,9 +95,9 @@ def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]
         axes[0].set_ylabel("similarity to the original map")
         # one legend for the figure; each method's verdict per metric in the panels' order
         verdict_of = {(r["method"], r["metric"]): r.get("verdict") for r in rs if r.get("series") == "verdict"}
-        code = {"pass": "P", "fail": "F", "inconclusive": "?"}
         handles = [axes[0].plot([], [], "-o", ms=3, color=colours[m])[0] for m in methods]
-        names = [f"{m}  {''.join(code.get(str(verdict_of.get((m, k))), '-') for k in metrics)}" for m in methods]
+        names = [f"{m}  {''.join(VERDICT_CODE.get(str(verdict_of.get((m, k))), '-') for k in metrics)}"
+                 for m in methods]
         fig.legend(handles, names, loc="center right", fontsize=6.5, frameon=False,
                    title="verdicts (P/F/?) per panel", title_fontsize=7)
         fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n"

@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from xaudit.checks.base import VERDICT_CODE   # one letter per metric where a cell has a row per metric
 from xaudit.run.store import Store
 
 BASELINE_FAMILIES = ("baseline", "baselines")
 MIXED = "mixed"   # a cell whose verdict rows (one per metric) disagree
 VERDICT_STYLE = {"pass": ("PASS", "green"), "fail": ("FAIL", "red"), "inconclusive": ("?", "yellow"),
                  "mixed": ("MIXED", "yellow")}
-# one letter per metric where a cell has a verdict row per metric (in the rows' metric order)
-VERDICT_CODE = {"pass": "P", "fail": "F", "inconclusive": "?"}
 STATUS_TEXT = {"failed": "error", "not_applicable": "n/a", "pending": "pending", "running": "pending",
                "done": "no verdict"}
 
