@@ -67,3 +67,10 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream ``stream`` of ``seed`` (a pure function of both, the
+    same in every process). The one helper for deriving per-purpose seeds: the zoo's
+    (``zoo/init``, ``zoo/shuffle``, ...) and the checks' (``sanity/ci``, ...)."""
+    return int(hash_u64(seed, stream_id(stream), [0], 1)[0, 0] >> np.uint64(1))
