@@ -2,6 +2,8 @@
 foreign weights. Tiny models and training budgets; every cache lives in tmp_path."""
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import math
 import os
@@ -19,6 +21,11 @@ from xaudit import zoo
 from xaudit.core.errors import ConfigError, NotApplicable, UnknownName
 from xaudit.core.model import blocks as core_blocks
 from xaudit.core.model import last_conv_name
+from xaudit.core.rng import generator as make_generator
+from xaudit.core.rng import hash_u64, stream_id, stream_seed
+from xaudit.world.bugs import Bug, criterion
+from xaudit.zoo.init import init_module
+from xaudit.zoo.randomization import block_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -331,6 +338,69 @@ def test_spurious_world_card_has_background_only_accuracy():
     assert t.card["bug_criteria"][0]["metric"] == "background_only_accuracy"
 
 
+def test_missing_class_without_test_samples_is_no_evidence_not_took():
+    # test indices [0, 4) of the tiny world hold no image of class 9: the recall cannot be measured
+    spec = zoo.load_spec(tiny(bugs=["missing_class:cls=9"], eval={"test_size": 4}))
+    assert 9 not in spec.make_world().sample(range(4), split="test").true_labels.tolist()
+    model = zoo.build_model(spec)
+    card = zoo.make_card(model, spec)
+    (c,) = card["bug_criteria"]
+    assert c["metric"] == "missing_class_recall" and c["value"] is None and c["took"] is False
+    assert "no test sample of class 9" in c["criterion"]
+    assert card["missing_class_recall"] == {"missing_class_9": None} and card["bug_took"] is False
+    with pytest.raises(zoo.BugDidNotTake, match="no test sample of class 9"):
+        zoo.require_bug_took(card)
+    # with test images of the class, the recall is measured (a float) and judged by the threshold
+    card = zoo.make_card(model, tiny(bugs=["missing_class:cls=9"]))
+    (c,) = card["bug_criteria"]
+    assert isinstance(c["value"], float) and c["took"] == (c["value"] <= c["threshold"])
+
+
+def test_each_bug_declares_its_own_criterion():
+    class Planted(Bug):
+        kind = "planted"
+
+        def params(self):
+            return {}
+
+        def apply(self, world, batch, split_seed, force=False):
+            self._record(batch, torch.zeros(len(batch), dtype=torch.bool))
+
+        def took(self, evidence):
+            evidence.metrics["planted_test_images"] = len(evidence.test_pred)
+            return [criterion(self.name, self.kind, "planted_metric", 0.25, 0.5, False, "planted text")]
+
+    spec = zoo.load_spec(tiny())
+    out = zoo.evaluate(zoo.build_model(spec), spec, bugs=[Planted()])
+    assert out["bug_criteria"] == [{"bug": "planted", "kind": "planted", "metric": "planted_metric", "value": 0.25,
+                                    "threshold": 0.5, "took": False, "criterion": "planted text"}]
+    assert out["planted_test_images"] == 128 and out["bug_took"] is False
+
+
+def test_card_does_not_import_training():
+    tree = ast.parse((ROOT / "xaudit" / "zoo" / "card.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "xaudit.zoo.training" not in imported
+
+
+def test_zoo_seeds_are_core_stream_seeds():
+    def derived_seed(seed, purpose):   # the zoo's former per-purpose seed helper, verbatim
+        return int(hash_u64(seed, stream_id("zoo/" + purpose), [0], 1)[0, 0]) >> 1
+
+    for seed in (0, 1, 12345, 2**40 + 7, 2**62):
+        for purpose in ("init", "shuffle", "augment", "eval-noise", "eval-pgd"):
+            assert stream_seed(seed, "zoo/" + purpose) == derived_seed(seed, purpose), (seed, purpose)
+    # pinned: cached models are keyed by spec hash, so these draws must never change
+    assert stream_seed(0, "zoo/init") == 2524449448176730985
+    assert stream_seed(0, "zoo/shuffle") == 7941226374668863739
+    assert stream_seed(7, "zoo/augment") == 3656334450314168130
+    assert stream_seed(3, "zoo/eval-pgd") == 5757966086425732655
+    spec = zoo.load_spec(tiny(seed=5))
+    ref = zoo.build("cnn", 3, 32, 10, make_generator(stream_seed(5, "zoo/init")), width=4, hidden=16)
+    assert_same_state(zoo.build_model(spec), ref)
+
+
 # ------------------------------------------------------------------ cache
 def test_cache_hit_returns_identical_weights_without_training(tmp_path, monkeypatch):
     first = zoo.load_or_train(tiny(), cache_dir=tmp_path)
@@ -450,6 +520,13 @@ def test_randomize_changes_exactly_named_blocks(arch):
         else:
             assert torch.equal(rs[k], v), k
     assert r.randomized["blocks"] == names
+    # each re-initialized block equals a fresh draw of its layers' initializer from the block's generator
+    for b in names:
+        redraw = copy.deepcopy(m.get_submodule(b))
+        init_module(redraw, block_generator(3, b))
+        for k, v in redraw.state_dict().items():
+            if "running" not in k and "num_batches" not in k:
+                assert torch.equal(rs[f"{b}.{k}"], v), f"{b}.{k}"
     # same generator seed -> same draws; a block's draws do not depend on the other blocks
     r2 = zoo.randomize(m, names, generator=3)
     assert_same_state(r, r2)

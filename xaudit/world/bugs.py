@@ -10,11 +10,15 @@ other split, data-poisoning bugs touch nothing unless ``force=True`` (then every
 used to measure attack success and to explain triggered images); label bugs never touch
 non-train splits; :class:`Shift` is a test-time bug and always touches every sample.
 Which samples are touched is a pure function of (world, split, bug name, sample index).
+
+Each bug declares its own "did it take" criterion, :meth:`Bug.took`, measured by the model card on
+an :class:`Evidence` (the model's predictions and the eval settings; bugs never import the zoo).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -25,6 +29,39 @@ from xaudit.core.rng import stream_id
 from xaudit.world.raster import draw, glyph
 
 BUGS: Registry[type["Bug"]] = Registry("bug")
+
+
+@dataclass
+class Evidence:
+    """What a bug's "did it take" criterion (:meth:`Bug.took`) is measured on. Built by the model
+    card's evaluation (:func:`xaudit.zoo.card.evaluate`), so bugs need not know about the zoo.
+
+    ``predict`` maps images [N,C,H,W] to the model's int64 [N] predicted classes. ``settings`` are
+    the spec's eval settings (``test_size``, ``train_size``, ``trigger_size``) and ``thresholds``
+    its ``criteria``. ``test`` is the clean test batch ``range(test_size)`` with ``test_pred``;
+    ``train`` the training batch ``range(train_size)`` with the spec's bugs applied, with
+    ``train_pred``. ``metrics`` holds the card values measured so far (``train_accuracy``, ...); a
+    criterion adds the values it measured there (they become card keys)."""
+
+    world: Any
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    settings: dict[str, Any]
+    thresholds: dict[str, float]
+    test: Any
+    test_pred: torch.Tensor
+    train: Any
+    train_pred: torch.Tensor
+    metrics: dict[str, Any]
+
+
+def criterion(bug: str, kind: str, metric: str, value, threshold, took: bool, text: str) -> dict[str, Any]:
+    """One entry of a card's ``bug_criteria``: did ``bug`` take, by ``metric`` (value vs threshold)."""
+    return {"bug": bug, "kind": kind, "metric": metric, "value": value, "threshold": threshold,
+            "took": bool(took), "criterion": text}
+
+
+def _accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float | None:
+    return None if len(labels) == 0 else float((pred == labels).float().mean())
 
 
 class Bug:
@@ -71,6 +108,12 @@ class Bug:
 
     def apply(self, world, batch, split_seed: int, force: bool = False) -> None:
         raise NotImplementedError
+
+    def took(self, evidence: Evidence) -> list[dict[str, Any]]:
+        """This bug's "did it take" criteria for the model behind ``evidence`` (entries built by
+        :func:`criterion`); may add the values it measured to ``evidence.metrics``. A criterion
+        without evidence (nothing to measure it on) must report took False, value None."""
+        return [criterion(self.name, self.kind, "none", None, None, True, f"no criterion defined for {self.kind!r}")]
 
     # -- helpers
     def _seed(self, split_seed: int) -> int:
@@ -136,6 +179,18 @@ class _TriggerBug(Bug):
     def paint(self, world, batch, touched, split_seed) -> torch.Tensor:
         """Change the pixels of the touched samples in place; return the footprint bool [N,H,W]."""
         raise NotImplementedError
+
+    def took(self, evidence):
+        """Attack success rate: the fraction of triggered non-target test images classified as the target."""
+        thr = evidence.thresholds["asr"]
+        b = evidence.world.sample(range(evidence.settings["trigger_size"]), split="test", bugs=[self], force=True)
+        eligible = b.touched[self.name] & (b.true_labels != self.target_class)
+        pred = evidence.predict(b.images[eligible])
+        value = float((pred == self.target_class).float().mean()) if len(pred) else 0.0
+        evidence.metrics.setdefault("attack_success_rate", {})[self.name] = round(value, 5)
+        return [criterion(self.name, self.kind, "attack_success_rate", round(value, 5), thr,
+                          len(pred) > 0 and value >= thr,
+                          f"attack success rate >= {thr} on {len(pred)} triggered non-target test images")]
 
 
 PATCH_PATTERNS = ("checker", "stripes", "rgb", "target", "noise", "white", "black")
@@ -387,6 +442,18 @@ class SpuriousCue(Bug):
             batch.images[sel] = torch.where(footprint[sel].unsqueeze(1), blended, x)
         self._record(batch, touched, footprint)
 
+    def took(self, evidence):
+        """Cue flip rate: images of class y carrying the cue of class y+1; does the model follow the cue?"""
+        world, thr = evidence.world, evidence.thresholds["cue_flip"]
+        b = world.sample(range(evidence.settings["test_size"]), split="test")
+        y_cue = (b.true_labels + 1) % world.num_classes
+        b.true_labels = y_cue
+        self.apply(world, b, world._split_seed("test"), force=True)
+        v = float((evidence.predict(b.images) == y_cue).float().mean())
+        evidence.metrics.setdefault("cue_flip_rate", {})[self.name] = round(v, 5)
+        return [criterion(self.name, self.kind, "cue_flip_rate", round(v, 5), thr, v >= thr,
+                          f"fraction of test images of class y carrying the cue of class y+1 classified as y+1 >= {thr}")]
+
 
 @BUGS.register("label_noise")
 class LabelNoise(Bug):
@@ -409,6 +476,25 @@ class LabelNoise(Bug):
         shift = 1 + rng.randint(self._seed(split_seed), "shift", batch.indices, world.num_classes - 1)[:, 0]
         batch.labels[touched] = (batch.labels[touched] + shift[touched]) % world.num_classes
         self._record(batch, touched)
+
+    def took(self, evidence):
+        """The observed flip rate matches ``rate``, and the model fitted the flipped training labels."""
+        th, trn = evidence.thresholds, evidence.train
+        flipped = trn.touched[self.name]
+        observed = float(flipped.float().mean())
+        tol = th["label_noise_rel_tol"] * self.rate
+        fit = _accuracy(evidence.train_pred[flipped], trn.labels[flipped]) or 0.0
+        evidence.metrics["flipped_label_fraction"] = round(observed, 5)
+        evidence.metrics["flipped_train_accuracy"] = round(fit, 5)
+        return [criterion(self.name, self.kind, "flipped_label_fraction", round(observed, 5), self.rate,
+                          self.rate > 0 and abs(observed - self.rate) <= tol,
+                          f"observed fraction of flipped training labels within "
+                          f"{th['label_noise_rel_tol']:.0%} of rate {self.rate}"),
+                criterion(self.name, self.kind, "flipped_train_accuracy", round(fit, 5), th["label_noise_fit"],
+                          fit >= th["label_noise_fit"],
+                          f"the model predicts the flipped (wrong) label on >= {th['label_noise_fit']} of "
+                          f"the {int(flipped.sum())} mislabeled training examples among train indices "
+                          f"[0, {evidence.settings['train_size']}) (it fitted them)")]
 
 
 @BUGS.register("random_labels")
@@ -445,6 +531,13 @@ class RandomLabels(Bug):
         batch.labels = new
         self._record(batch, touched)
 
+    def took(self, evidence):
+        """The model fitted the random training labels (card's ``train_accuracy``)."""
+        v, thr = evidence.metrics["train_accuracy"], evidence.thresholds["random_labels_train"]
+        return [criterion(self.name, self.kind, "train_accuracy", v, thr, v >= thr,
+                          f"accuracy on the random training labels >= {thr} "
+                          f"(on train indices [0, {evidence.settings['train_size']}))")]
+
 
 @BUGS.register("missing_class")
 class MissingClass(Bug):
@@ -478,6 +571,21 @@ class MissingClass(Bug):
         else:
             touched = torch.zeros(len(batch), dtype=torch.bool)
         self._record(batch, touched)
+
+    def took(self, evidence):
+        """The model (almost) never predicts the removed class on its test images. Without a test
+        image of that class there is no evidence: value None, took False."""
+        thr, test = evidence.thresholds["missing_class_recall"], evidence.test
+        sel = test.true_labels == self.cls
+        v = _accuracy(evidence.test_pred[sel], test.true_labels[sel])
+        evidence.metrics.setdefault("missing_class_recall", {})[self.name] = None if v is None else round(v, 5)
+        if v is None:
+            return [criterion(self.name, self.kind, "missing_class_recall", None, thr, False,
+                              f"no evidence: no test sample of class {self.cls} among test indices "
+                              f"[0, {evidence.settings['test_size']}), so its test recall (needs <= {thr}) "
+                              "cannot be measured; raise eval.test_size")]
+        return [criterion(self.name, self.kind, "missing_class_recall", round(v, 5), thr, v <= thr,
+                          f"test recall of the removed class {self.cls} <= {thr}")]
 
 
 SHIFTS = ("invert", "noise", "blur", "grayscale", "contrast", "world")
@@ -546,6 +654,10 @@ class Shift(Bug):
         batch.images = y.contiguous()
         n, _, h, w = x.shape
         self._record(batch, torch.ones(n, dtype=torch.bool), torch.ones(n, h, w, dtype=torch.bool))
+
+    def took(self, evidence):
+        return [criterion(self.name, self.kind, "none", None, None, True,
+                          "test-time shift: applied to inputs at evaluation, nothing to take in training")]
 
 
 def bug_names() -> list[str]:

@@ -15,13 +15,14 @@ import os
 from typing import Any
 
 from xaudit.zoo.arch import ARCHITECTURES, CNN, MLP, VGG, Normalize, ResNet, build
+from xaudit.zoo.attack import pgd_attack
 from xaudit.zoo.cache import ModelCache, cache_root
 from xaudit.zoo.card import BugDidNotTake, evaluate, make_card, require_bug_took
 from xaudit.zoo.foreign import convert_to_safetensors, load_state_dict_file, load_weights
 from xaudit.zoo.init import INIT_RULE, init_module, register_initializer
 from xaudit.zoo.randomization import RANDOMIZE_RULE, randomization_stages, randomize
 from xaudit.zoo.spec import Spec, load_spec, spec_names
-from xaudit.zoo.training import Trained, build_model, pgd_attack, torch_settings, train
+from xaudit.zoo.training import Trained, build_model, torch_settings, train
 
 __all__ = [
     "ARCHITECTURES", "CNN", "MLP", "ResNet", "VGG", "Normalize", "build", "build_model",

@@ -21,6 +21,10 @@ import torch
 from torch import nn
 
 from xaudit.core.errors import ConfigError
+from xaudit.core.rng import generator as make_generator
+from xaudit.core.rng import stream_seed
+from xaudit.world.bugs import Evidence, criterion
+from xaudit.zoo.attack import pgd_attack
 from xaudit.zoo.spec import EVAL_FORMAT, ZOO_FORMAT, Spec, load_spec
 
 EVAL_BATCH = 1000
@@ -43,8 +47,9 @@ def require_bug_took(card: dict[str, Any], what: str | None = None) -> None:
     if card.get("bug_took"):
         return
     failed = [c for c in card.get("bug_criteria", []) if not c.get("took")]
-    lines = "; ".join(f"{c['bug']}: {c['metric']} = {c['value']:.3f}, needs {c['criterion']}" for c in failed
-                      if isinstance(c.get("value"), (int, float))) or card.get("bug_criterion", "unknown criterion")
+    lines = "; ".join(f"{c['bug']}: {c['metric']} = {c['value']:.3f}, needs {c['criterion']}"
+                      if isinstance(c.get("value"), (int, float)) else f"{c['bug']}: {c['criterion']}"
+                      for c in failed) or card.get("bug_criterion", "unknown criterion")
     who = f"{what} refuses model" if what else "refusing model"
     raise BugDidNotTake(card, f"{who} {card.get('name')!r} (seed {card.get('seed')}, spec_hash "
                               f"{card.get('spec_hash')}): its planted bug did not take ({lines}). A test of whether "
@@ -66,9 +71,7 @@ def _acc(pred: torch.Tensor, labels: torch.Tensor) -> float | None:
     return None if len(labels) == 0 else float((pred == labels).float().mean())
 
 
-def _crit(bug: str, kind: str, metric: str, value, threshold, took: bool, criterion: str) -> dict[str, Any]:
-    return {"bug": bug, "kind": kind, "metric": metric, "value": value, "threshold": threshold,
-            "took": bool(took), "criterion": criterion}
+_crit = criterion   # one bug_criteria entry (the world's and the model-level criteria use it too)
 
 
 def _r(x):
@@ -77,11 +80,9 @@ def _r(x):
 
 def evaluate(model: nn.Module, spec: Spec, world=None, bugs=None) -> dict[str, Any]:
     """Measure the model against the spec's world and bugs: accuracies, attack success per trigger, and
-    one criterion per planted bug. The model need not have been trained with those bugs (so a model
-    trained without its bug gets ``bug_took`` False)."""
-    from xaudit.zoo.training import pgd_attack, derived_seed
-    from xaudit.core.rng import generator as make_generator
-
+    one criterion per planted bug (each bug's own :meth:`xaudit.world.bugs.Bug.took`), the spurious
+    world's and the model-level (noise, adversarial) ones. The model need not have been trained with
+    those bugs (so a model trained without its bug gets ``bug_took`` False)."""
     world = world if world is not None else spec.make_world()
     bugs = bugs if bugs is not None else spec.make_bugs()
     ev, crit = spec.eval, spec.eval["criteria"]
@@ -100,19 +101,13 @@ def evaluate(model: nn.Module, spec: Spec, world=None, bugs=None) -> dict[str, A
     out["train_accuracy"] = _r(_acc(trn_pred, trn.labels))
     out["train_true_label_accuracy"] = _r(_acc(trn_pred, trn.true_labels))
 
-    asr: dict[str, float] = {}
+    # Each bug measures its own criterion (Bug.took); trigger bugs first, then the world's, then the others.
+    evidence = Evidence(world=world, predict=lambda x: predict(model, x), settings=ev, thresholds=crit,
+                        test=test, test_pred=test_pred, train=trn, train_pred=trn_pred, metrics=out)
+    out["attack_success_rate"] = {}
     for bug in bugs:
-        if not bug.is_trigger:
-            continue
-        b = world.sample(range(ev["trigger_size"]), split="test", bugs=[bug], force=True)
-        eligible = b.touched[bug.name] & (b.true_labels != bug.target_class)
-        pred = predict(model, b.images[eligible])
-        value = float((pred == bug.target_class).float().mean()) if len(pred) else 0.0
-        asr[bug.name] = round(value, 5)
-        criteria.append(_crit(bug.name, bug.kind, "attack_success_rate", round(value, 5), crit["asr"],
-                              len(pred) > 0 and value >= crit["asr"],
-                              f"attack success rate >= {crit['asr']} on {len(pred)} triggered non-target test images"))
-    out["attack_success_rate"] = asr
+        if bug.is_trigger:
+            criteria.extend(bug.took(evidence))
 
     out["background_only_accuracy"] = out["object_only_accuracy"] = None
     if "test_background_only" in world.splits:
@@ -129,63 +124,15 @@ def evaluate(model: nn.Module, spec: Spec, world=None, bugs=None) -> dict[str, A
                               f"(background/label correlation in training {corr})"))
 
     for bug in bugs:
-        kind = bug.kind
-        if bug.is_trigger:
-            continue
-        if kind == "spurious_cue":
-            # Images of class y carrying the cue of class y+1: does the model follow the cue?
-            K = world.num_classes
-            b = world.sample(range(ev["test_size"]), split="test")
-            y_cue = (b.true_labels + 1) % K
-            b.true_labels = y_cue
-            bug.apply(world, b, world._split_seed("test"), force=True)
-            pred = predict(model, b.images)
-            v = float((pred == y_cue).float().mean())
-            out.setdefault("cue_flip_rate", {})[bug.name] = round(v, 5)
-            criteria.append(_crit(bug.name, kind, "cue_flip_rate", round(v, 5), crit["cue_flip"],
-                                  v >= crit["cue_flip"], f"fraction of test images of class y carrying the cue "
-                                                         f"of class y+1 classified as y+1 >= {crit['cue_flip']}"))
-        elif kind == "label_noise":
-            observed = float(trn.touched[bug.name].float().mean())
-            tol = crit["label_noise_rel_tol"] * bug.rate
-            flipped = trn.touched[bug.name]
-            fit = _acc(trn_pred[flipped], trn.labels[flipped]) or 0.0
-            out["flipped_label_fraction"] = round(observed, 5)
-            out["flipped_train_accuracy"] = round(fit, 5)
-            criteria.append(_crit(bug.name, kind, "flipped_label_fraction", round(observed, 5), bug.rate,
-                                  bug.rate > 0 and abs(observed - bug.rate) <= tol,
-                                  f"observed fraction of flipped training labels within "
-                                  f"{crit['label_noise_rel_tol']:.0%} of rate {bug.rate}"))
-            criteria.append(_crit(bug.name, kind, "flipped_train_accuracy", round(fit, 5), crit["label_noise_fit"],
-                                  fit >= crit["label_noise_fit"],
-                                  f"the model predicts the flipped (wrong) label on >= {crit['label_noise_fit']} of "
-                                  f"the {int(flipped.sum())} mislabeled training examples among train indices "
-                                  f"[0, {ev['train_size']}) (it fitted them)"))
-        elif kind == "random_labels":
-            v = out["train_accuracy"]
-            criteria.append(_crit(bug.name, kind, "train_accuracy", v, crit["random_labels_train"],
-                                  v >= crit["random_labels_train"],
-                                  f"accuracy on the random training labels >= {crit['random_labels_train']} "
-                                  f"(on train indices [0, {ev['train_size']}))"))
-        elif kind == "missing_class":
-            sel = test.true_labels == bug.cls
-            v = _acc(test_pred[sel], test.true_labels[sel]) or 0.0
-            out.setdefault("missing_class_recall", {})[bug.name] = round(v, 5)
-            criteria.append(_crit(bug.name, kind, "missing_class_recall", round(v, 5), crit["missing_class_recall"],
-                                  v <= crit["missing_class_recall"],
-                                  f"test recall of the removed class {bug.cls} <= {crit['missing_class_recall']}"))
-        elif kind == "shift":
-            criteria.append(_crit(bug.name, kind, "none", None, None, True,
-                                  "test-time shift: applied to inputs at evaluation, nothing to take in training"))
-        else:
-            criteria.append(_crit(bug.name, kind, "none", None, None, True, f"no criterion defined for {kind!r}"))
+        if not bug.is_trigger:
+            criteria.extend(bug.took(evidence))
 
     tr = spec.train
     n_model = min(ev["test_size"], 2000)
     clean_sub = float((test_pred[:n_model] == test.true_labels[:n_model]).float().mean())
     floor = crit["robust_min_clean"]
     if tr["noise_sigma"] > 0:
-        g = make_generator(derived_seed(spec.seed, "eval-noise"))
+        g = make_generator(stream_seed(spec.seed, "zoo/eval-noise"))
         x = test.images[:n_model]
         noisy = x + tr["noise_sigma"] * torch.randn(x.shape, generator=g)
         v = float((predict(model, noisy) == test.true_labels[:n_model]).float().mean())
@@ -197,7 +144,7 @@ def evaluate(model: nn.Module, spec: Spec, world=None, bugs=None) -> dict[str, A
                               f"accuracy ({clean_sub:.3f}) on the same {n_model} images, and clean accuracy >= {floor}"))
     adv = tr["adversarial"]
     if adv["eps"] > 0:
-        g = make_generator(derived_seed(spec.seed, "eval-pgd"))
+        g = make_generator(stream_seed(spec.seed, "zoo/eval-pgd"))
         steps = max(10, adv["steps"])
         n_adv = min(n_model, 1000)
         clean_adv = float((test_pred[:n_adv] == test.true_labels[:n_adv]).float().mean())

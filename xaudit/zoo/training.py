@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaudit.core.rng import generator as make_generator
-from xaudit.core.rng import hash_u64, stream_id
+from xaudit.core.rng import stream_seed
 from xaudit.zoo.arch import build
+from xaudit.zoo.attack import pgd_attack
+from xaudit.zoo.card import make_card
 from xaudit.zoo.spec import Spec, load_spec
 
 IN_MEMORY_LIMIT_BYTES = 1 << 30   # multi-epoch training keeps its rendered set in memory up to this size
@@ -53,11 +55,6 @@ def torch_settings(threads: int | None = None, deterministic: bool = True) -> It
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
-def derived_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (init, shuffle, augment, ...) as a pure function of the spec seed."""
-    return int(hash_u64(seed, stream_id("zoo/" + purpose), [0], 1)[0, 0]) >> 1
-
-
 @dataclass
 class Trained:
     """A trained model (eval mode) with its card; unpacks as ``model, card = trained``."""
@@ -77,30 +74,9 @@ def build_model(spec: Spec, world=None, init: bool = True) -> nn.Module:
     (init=False leaves it uninitialized, to load a state dict into)."""
     world = world if world is not None else spec.make_world()
     kwargs = {k: v for k, v in spec.arch.items() if k != "name"}
-    g = make_generator(derived_seed(spec.seed, "init")) if init else None
+    g = make_generator(stream_seed(spec.seed, "zoo/init")) if init else None
     model = build(spec.arch["name"], world.channels, world.size, world.num_classes, g, **kwargs)
     return model.to(memory_format=torch.channels_last)
-
-
-def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-               step_size: float | None, generator: torch.Generator) -> torch.Tensor:
-    """L-inf PGD (Madry et al.): uniform random start in [-eps, eps], ``steps`` signed-gradient ascent
-    steps of ``step_size`` (default 2.5 * eps / steps), projected to the eps-ball and to [0, 1].
-    Runs the model in eval mode (BatchNorm statistics are not updated by the attack); parameter
-    gradients are not touched. x: [N,C,H,W] in [0,1]; returns the adversarial images, detached."""
-    step_size = 2.5 * eps / steps if step_size is None else step_size
-    was_training = model.training
-    model.eval()
-    delta = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1) * eps
-    delta = (x + delta).clamp(0, 1) - x
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
-        delta = (x + delta).clamp(0, 1) - x
-    model.train(was_training)
-    return (x + delta).detach()
 
 
 def _optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
@@ -139,8 +115,8 @@ def train_model(spec: Spec, world=None, bugs=None, log: Callable[[str], None] | 
     steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * epochs
     sched = _scheduler(opt, tr, total_steps)
-    g_shuffle = make_generator(derived_seed(spec.seed, "shuffle"))
-    g_aug = make_generator(derived_seed(spec.seed, "augment"))
+    g_shuffle = make_generator(stream_seed(spec.seed, "zoo/shuffle"))
+    g_aug = make_generator(stream_seed(spec.seed, "zoo/augment"))
     sigma = tr["noise_sigma"]
     adv = tr["adversarial"]
     chunk = max(bs, tr["chunk"] // bs * bs)   # a multiple of the batch size: only an epoch's last batch is partial
@@ -219,8 +195,6 @@ def peak_rss_mb() -> float:
 def train(spec: "Spec | str | dict", seed: int | None = None, *, log: Callable[[str], None] | None = None) -> Trained:
     """Train a spec (a Spec, shipped name, YAML path or dict) and measure its card. No cache: see
     :func:`xaudit.zoo.load_or_train`. Same spec and seed on the same machine -> the same weights."""
-    from xaudit.zoo.card import make_card
-
     spec = load_spec(spec, seed=seed)
     with torch_settings():
         world, bugs = spec.make_world(), spec.make_bugs()
