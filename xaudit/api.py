@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from xaudit.core.errors import XauditError
+from xaudit.core.errors import ConfigError, XauditError
 from xaudit.run.execute import Summary, execute, versions
 from xaudit.run.executor import Executor, LocalExecutor, available_cores
 from xaudit.run.plan import Plan, build_plan
@@ -80,6 +80,33 @@ def _canon(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def _check_workers(workers: Any) -> None:
+    """``workers`` (``--workers``) is None or an integer >= 1."""
+    if workers is None:
+        return
+    import numbers
+
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ConfigError("--workers", f"must be an integer >= 1 (default: the number of cores, "
+                                       f"{available_cores()} here); got {workers!r}")
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say why it cannot be one (e.g. ``--out`` names an existing file)."""
+    for q in (run_dir, *run_dir.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = str(q) if q == run_dir else f"{q} (a parent of {run_dir})"
+                raise ConfigError("--out", f"{what} is an existing file, not a directory; pass --out a new "
+                                           "directory or an earlier run directory; nothing was changed")
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("--out", f"cannot create the run directory {run_dir} ({e.strerror or e}); pass "
+                                   "--out a directory you can write") from None
+
+
 def run(preset: str | Path | dict | Preset = "default", *, out: str | Path | None = None,
         workers: int | None = None, methods: str | list[str] | None = None, checks: str | list[str] | None = None,
         cache_dir: str | Path | None = None, progress: Progress | bool | None = False,
@@ -91,10 +118,11 @@ def run(preset: str | Path | dict | Preset = "default", *, out: str | Path | Non
     a subset (comma-separated or lists). ``workers`` defaults to the preset's, else the number of
     cores. ``source`` names the model source (``module:attr``, default the zoo). Returns a RunResult.
     """
+    _check_workers(workers)
     p = preset if isinstance(preset, Preset) else load_preset(preset)
     plan = build_plan(p, methods=methods, checks=checks, source=source)
     run_dir = Path(out) if out is not None else Path("runs") / p.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir)
     if executor is None:
         executor = LocalExecutor(workers or p.workers or available_cores())
     if not isinstance(progress, Progress):

@@ -146,7 +146,7 @@ def checks(as_json: bool = typer.Option(False, "--json")):
 def run(
     preset: str = typer.Argument("default", help="preset name (smoke, default) or a preset YAML path"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<preset>)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (default: cores)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes, an integer >= 1 (default: cores)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
     checks: Optional[str] = typer.Option(None, "--checks", help="comma-separated subset of checks"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),

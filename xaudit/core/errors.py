@@ -17,6 +17,19 @@ class ConfigError(XauditError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class StoreError(XauditError):
+    """A run directory's ``results.sqlite`` cannot be used: truncated, corrupt, not an SQLite file,
+    or an SQLite file that is not an xaudit results store. The file is left as it was.
+
+    ``path`` is the file, ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is not a readable xaudit results store ({reason}): move it away, or "
+                         "write a new run directory with `xaudit run --out DIR`; nothing was changed")
+
+
 class UnknownName(XauditError, KeyError):
     """A registry look-up used a name that is not registered."""
 

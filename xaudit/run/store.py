@@ -118,17 +118,60 @@ class Store:
     """The results store of one run directory."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
+        from xaudit.core.errors import StoreError
+
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(self.path, "it is a directory or other non-file")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-        self.con = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        try:
+            self.con = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(self.path, str(e)) from None
         self.con.row_factory = sqlite3.Row
+        try:
+            self._probe(readonly)
+        except BaseException:
+            self.con.close()
+            raise
         if not readonly:
             self.con.execute("PRAGMA journal_mode=WAL")
             self.con.execute("PRAGMA synchronous=NORMAL")   # durable across process kills in WAL mode
             self.con.executescript(_SCHEMA)
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _probe(self, readonly: bool) -> None:
+        """Read the file before anything writes to it (PRAGMA journal_mode, the schema): a truncated or
+        corrupt file, or an SQLite file of another program, raises StoreError and stays byte for byte
+        as it was. A new (empty) file passes unless ``readonly``."""
+        from xaudit.core.errors import StoreError
+
+        try:
+            self.con.execute("PRAGMA schema_version").fetchone()
+            tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            version = None
+            if "meta" in tables:
+                version = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+                raise                                   # a live writer, not a broken file
+            raise StoreError(self.path, str(e)) from None
+        if not tables and not readonly:
+            return                                      # a new store
+        missing = [t for t in ("meta", "run", "models", "cells", "rows", "results") if t not in tables]
+        if "meta" not in tables or (readonly and missing):
+            raise StoreError(self.path, "an SQLite file without the xaudit tables " + ", ".join(missing)
+                             if tables else "an empty file, without the xaudit tables")
+        if version is not None:
+            try:
+                newer = int(version[0]) > SCHEMA_VERSION
+            except (TypeError, ValueError):
+                raise StoreError(self.path, f"unknown schema_version {version[0]!r}") from None
+            if newer:
+                raise StoreError(self.path, f"schema version {version[0]}, written by a newer xaudit; this one "
+                                            f"reads up to {SCHEMA_VERSION}")
 
     @classmethod
     def open(cls, run_dir: str | Path, *, readonly: bool = False) -> "Store":
