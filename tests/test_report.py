@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 import re
 import struct
 
@@ -38,12 +39,15 @@ class HookCheck(Check):
         return []
 
     def run(self, ctx):
+        # an artifact written in the worker's scratch folder travels back with the rows
+        Path(ctx.artifacts_dir, "sub").mkdir()
+        Path(ctx.artifacts_dir, "sub", "method.txt").write_text(ctx.method)
         return [row(ctx, "score", 0.25, 0.2, 0.3, n=4, verdict="pass")]
 
-    def figures(self, rows, artifacts_dir):
+    def figures(self, rows, artifacts):
         from matplotlib.figure import Figure
         HOOK_PNG["rows"] = list(rows)
-        HOOK_PNG["artifacts_dir"] = artifacts_dir
+        HOOK_PNG["artifacts"] = list(artifacts)
         fig = Figure(figsize=(2, 2))
         fig.add_subplot().bar([0, 1], [1, 2])
         return [("hook bytes figure", HOOK_PNG["bytes"]), ("hook matplotlib figure", fig)]
@@ -52,7 +56,10 @@ class HookCheck(Check):
 class BrokenHookCheck(HookCheck):
     name = "fake_broken_hook"
 
-    def figures(self, rows, artifacts_dir):
+    def run(self, ctx):
+        return [row(ctx, "score", 0.25, 0.2, 0.3, n=4, verdict="pass")]
+
+    def figures(self, rows, artifacts):
         raise RuntimeError("figure hook exploded")
 
 
@@ -107,7 +114,12 @@ def test_report_contents(run_dir):
     assert "hook matplotlib figure" in html
     assert "the check&#x27;s figures() failed: RuntimeError: figure hook exploded" in html
     assert {r["check"] for r in HOOK_PNG["rows"]} == {"fake_hooked"} and len(HOOK_PNG["rows"]) == 3
-    assert HOOK_PNG["artifacts_dir"] == str(run_dir / "artifacts")
+    # the hook gets the artifact folders of its own done cells, which hold what each cell wrote
+    with Store.open(run_dir, readonly=True) as store:
+        hooked = [c for c in store.cells() if c["check_name"] == "fake_hooked" and c["status"] == "done"]
+    assert sorted(HOOK_PNG["artifacts"]) == sorted(run_dir / "artifacts" / c["key"][:16] for c in hooked)
+    assert sorted((d / "sub" / "method.txt").read_text() for d in HOOK_PNG["artifacts"]) == \
+        sorted(c["method"] for c in hooked)
     # baselines are their own block, after the methods
     assert html.index("<th>grad_cam</th>") < html.index("baselines (") < html.index("blank <span class=lab>(baseline)")
 

@@ -16,8 +16,8 @@ from xaudit.checks import base as checks_base
 from xaudit.checks.base import CheckContext, ModelRef, ROW_COLUMNS
 from xaudit.checks.random_logit import random_other_class
 from xaudit.checks.randomization import CascadingRandomization, IndependentRandomization
-from xaudit.checks.sanity import (METRICS, VERDICTS, Similarity, bootstrap_mean_cis, explain_robust,
-                                  post_process, resolve_params, verdict, verdict_stage)
+from xaudit.checks.sanity import METRICS, VERDICTS, resolve_params, verdict, verdict_stage
+from xaudit.checks.toolkit import Similarity, bootstrap_mean_cis, explain_robust, post_process
 from xaudit.core.errors import ConfigError
 from xaudit.core.rng import generator
 from xaudit.zoo import BugDidNotTake
@@ -490,7 +490,7 @@ def test_figures_from_rows_and_artifacts(tmp_path):
     rows = []
     for method in ("saliency", "edge"):
         rows += CascadingRandomization().run(context("cascading_randomization", method, artifacts=str(tmp_path)))
-    figs = CascadingRandomization.figures(rows, tmp_path)
+    figs = CascadingRandomization().figures(rows, [tmp_path])
     titles = [t for t, _ in figs]
     assert any("similarity vs stage" in t for t in titles)
     assert sum("maps per method x stage" in t for t in titles) == 2
@@ -504,7 +504,7 @@ def test_figures_from_rows_and_artifacts(tmp_path):
 
 def test_images_come_from_the_cell_world():
     from xaudit import world
-    from xaudit.checks.sanity import load_images
+    from xaudit.checks.toolkit import load_images
 
     cfg = world.get("shapes", size=32, seed=3).config()
     ctx = CheckContext(check="random_logit", method="saliency", method_params={}, model_group="clean",

@@ -1,5 +1,7 @@
 """Checks: one module per protocol, each registered in CHECKS (see base.py for the contract)."""
-from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, describe, get, names, row
+from xaudit.checks.base import (CHECKS, METHOD_KINDS, Check, CheckContext, ModelRef, declared_models, describe, get,
+                                 names, row, verdict_id, verdict_label)
 from xaudit.checks import randomization, data_randomization, random_logit  # noqa: F401,E402  (sanity checks)
 
-__all__ = ["CHECKS", "Check", "CheckContext", "ModelRef", "describe", "get", "names", "row"]
+__all__ = ["CHECKS", "METHOD_KINDS", "Check", "CheckContext", "ModelRef", "declared_models", "describe", "get", "names", "row",
+           "verdict_id", "verdict_label"]

@@ -22,12 +22,13 @@ class DataRandomization(SanityCheck):
     description = ("Train the same architecture on permuted labels (random-labels) and compare its maps with the "
                    "true-label model's maps on the same test images: " + VERDICT_RULE + "." + METRICS_NOTE)
 
-    def models(self, ctx_params: dict[str, Any], model_group: str, seed: int) -> list[ModelRef]:
-        p = resolve_params(self.name, dict(ctx_params or {}), self.extra_defaults)
+    def models(self, params: dict[str, Any], model_group: str, seed: int,
+               world: dict[str, Any] | None = None) -> list[ModelRef]:
+        p = resolve_params(self.name, dict(params or {}), self.extra_defaults)
         spec = p["random_label_spec"]
         if not isinstance(spec, str) or not spec:
             raise ConfigError(f"{self.name}.random_label_spec", f"must be a zoo spec name, got {spec!r}")
-        return [*super().models(ctx_params, model_group, seed), ModelRef(spec, seed)]
+        return [*super().models(params, model_group, seed, world), ModelRef(spec, seed)]
 
     def tested(self, run: SanityRun) -> Iterator[Tested]:
         from xaudit import zoo

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 import torch
 
 from xaudit.checks.base import CHECKS
-from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed, num_classes
+from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested
+from xaudit.checks.toolkit import num_classes, stream_seed
 from xaudit.core import rng
 
 
@@ -35,7 +36,7 @@ class RandomLogit(SanityCheck):
             from xaudit.core.errors import NotApplicable
 
             raise NotApplicable(f"random_logit needs a model with at least 2 classes; this one has {k}")
-        other = random_other_class(run.original.target.to(run.x.device), k, _seed(run.ctx.seed, "random_logit"),
+        other = random_other_class(run.original.target.to(run.x.device), k, stream_seed(run.ctx.seed, "random_logit"),
                                    run.indices)
         run.random_classes = other
         yield Tested(stage=1, block="random_class", blocks=[], maps=run.explain(run.model, other))

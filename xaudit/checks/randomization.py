@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterator
 
 from xaudit.checks.base import CHECKS
-from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested, _seed
+from xaudit.checks.sanity import METRICS_NOTE, VERDICT_RULE, SanityCheck, SanityRun, Tested
+from xaudit.checks.toolkit import stream_seed
 from xaudit.core import model as core_model
 from xaudit.core.errors import ConfigError
 
@@ -46,7 +47,7 @@ class _ParameterRandomization(SanityCheck):
         from xaudit import zoo
 
         order = self.block_order(run)
-        seed = _seed(run.ctx.seed, "sanity/randomize")
+        seed = stream_seed(run.ctx.seed, "sanity/randomize")
         for k in range(1, len(order) + 1):
             names = self.stage_blocks(order, k)
             randomized = zoo.randomize(run.model, names, mode=self.mode, generator=seed,

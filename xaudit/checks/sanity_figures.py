@@ -42,14 +42,11 @@ def _f(v) -> float:
     return math.nan if v is None else float(v)
 
 
-def figures(check: str, rows: Sequence[dict[str, Any]], artifacts_dir: str | Path | None = None,
+def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str | Path] = (),
             grid_inputs: int = 2) -> list[tuple[str, bytes]]:
-    """All figures of ``check``: curves from ``rows`` and grids from ``artifacts_dir`` (searched
-    recursively for this check's npz files; skipped when None)."""
-    out = curves(check, rows)
-    if artifacts_dir is not None:
-        out += grids(check, artifacts_dir, grid_inputs)
-    return out
+    """All figures of ``check``: curves from ``rows`` and grids from the npz files of this check in the
+    ``artifacts`` folders (the report passes those of the active, done cells only)."""
+    return curves(check, rows) + grids(check, artifacts, grid_inputs)
 
 
 def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
@@ -186,15 +183,14 @@ def _rgb(a: np.ndarray) -> np.ndarray:
     return a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
 
 
-def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tuple[str, bytes]]:
-    """The map grids, each drawn as one mosaic image with text labels (one axes: fast to render)."""
+def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> list[tuple[str, bytes]]:
+    """The map grids, each drawn as one mosaic image with text labels (one axes: fast to render), from
+    this check's npz files in the given artifact folders."""
     from matplotlib.figure import Figure
 
-    root = Path(artifacts_dir)
-    if not root.is_dir():
-        return []
+    paths = sorted(p for d in map(Path, artifacts) if d.is_dir() for p in d.glob(f"sanity__{check}__*.npz"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for path in sorted(root.rglob(f"sanity__{check}__*.npz")):
+    for path in paths:
         d = _load(path)
         if str(d["check"]) != check:
             continue
@@ -205,7 +201,8 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
         ds = sorted(ds, key=lambda d: str(d["method"]))
         n_img = min(int(d["abs"].shape[1]) for d in ds)
         n_stages = max(int(d["abs"].shape[0]) for d in ds)
-        n_cols = 2 + n_stages                                  # input, stages, retrained model
+        has_ref = all("reference_abs" in d for d in ds)
+        n_cols = 1 + n_stages + has_ref                        # input, stages, retrained model
         stage_labels = next(d for d in ds if int(d["abs"].shape[0]) == n_stages)["stage_labels"]
         for i in range(min(n_inputs, n_img)):
             tiles, failed = [], []
@@ -216,7 +213,8 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
                     if bool(d["failed"][s, i]):
                         row[s + 1] = row[s + 1] * 0.4 + np.array([0.6, 0.0, 0.0], dtype=np.float32)
                         failed.append((len(tiles), s + 1))
-                row[-1] = _rgb(d["reference_abs"][i])
+                if has_ref:
+                    row[-1] = _rgb(d["reference_abs"][i])
                 tiles.append(row)
             mosaic = _mosaic(tiles, pad)
             th, tw = tiles[0][0].shape[:2]
@@ -226,7 +224,7 @@ def grids(check: str, artifacts_dir: str | Path, n_inputs: int = 2) -> list[tupl
             ax.imshow(mosaic, interpolation="nearest")
             ax.set_axis_off()
             cx = [pad + c * (tw + pad) + tw / 2 for c in range(n_cols)]
-            heads = ["input"] + [str(x) for x in stage_labels] + ["retrained (other seed)"]
+            heads = ["input"] + [str(x) for x in stage_labels] + (["retrained (other seed)"] if has_ref else [])
             for c, text in enumerate(heads):
                 ax.text(cx[c], -pad, text, fontsize=7, rotation=35, ha="left", va="bottom")
             for r, d in enumerate(ds):

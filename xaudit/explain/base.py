@@ -43,7 +43,9 @@ from xaudit.core.maps import abs_map, signed_map, zero_one_map
 from xaudit.core.registry import Registry
 from xaudit.core.rng import generator as make_generator
 
-FAMILIES = ("gradient", "modified_backprop", "perturbation", "cam", "baseline")
+FAMILIES = ("gradient", "modified_backprop", "perturbation", "cam", "baseline", "synthesis")
+# what a method returns: attribution maps of given inputs, or images synthesized from the model
+METHOD_KINDS = ("attribution", "synthesis")
 
 # Images per model call for methods that expand the batch (IG steps, noise samples, perturbations).
 # Measured by bench/explain.py's sweep (bench/README.md), zoo CNN, 32x32, one thread: IG costs
@@ -230,6 +232,7 @@ class MethodInfo:
     validate: Callable[[dict[str, Any]], None] | None = None
     uses_model: bool = True
     registration: int = 0      # distinct for every register() call: a re-registered name is a new method
+    kind: str = "attribution"  # "attribution": fn(model, x, target) -> maps; "synthesis": see register()
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -247,8 +250,16 @@ def _as_passes(passes) -> Callable | None:
 
 def register(name: str | None = None, *, family: str = "gradient", stochastic: bool = False,
              params: Mapping[str, Any] | None = None, passes=None, validate=None,
-             uses_model: bool = True, replace: bool = False):
-    """Decorator that registers ``fn(model, x, target, **params) -> Tensor[N, C, H, W]``.
+             uses_model: bool = True, replace: bool = False, kind: str = "attribution"):
+    """Decorator that registers a method.
+
+    - ``kind="attribution"`` (the default): ``fn(model, x, target, **params) -> Tensor[N, C, H, W]``,
+      a map per input image, called as ``get(name)(model, x, target)``.
+    - ``kind="synthesis"``: ``fn(model, objective, *, generator, init=None, **params) -> Tensor[N, C, H, W]``,
+      images in [0, 1] synthesized from the model alone, called as
+      ``get(name).synthesize(model, objective, generator=g)``; ``objective`` is whatever the synthesis
+      check passes (e.g. a callable of the model's activations to maximize); ``init`` an optional
+      starting batch. Synthesis methods are always stochastic (they draw from ``generator``).
 
     - ``params``: parameter defaults; if omitted, the keyword defaults of ``fn``'s signature.
     - ``stochastic=True``: ``fn`` also receives ``generator=`` (a ``torch.Generator``, on the CPU
@@ -269,18 +280,21 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
     """
     if family not in FAMILIES:
         raise ConfigError("family", f"must be one of {', '.join(FAMILIES)}; got {family!r}")
+    if kind not in METHOD_KINDS:
+        raise ConfigError("kind", f"must be one of {', '.join(METHOD_KINDS)}; got {kind!r}")
+    stochastic = stochastic or kind == "synthesis"
 
     def deco(fn):
         key = name or fn.__name__
         defaults = dict(params) if params is not None else {
             p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.default is not inspect.Parameter.empty and p.name != "generator"}
+            if p.default is not inspect.Parameter.empty and p.name not in ("generator", "init")}
         if stochastic:
             defaults.setdefault("seed", 0)  # every stochastic method can be re-seeded by parameter
         doc = inspect.getdoc(fn) or ""
         info = MethodInfo(name=key, fn=fn, family=family, stochastic=bool(stochastic), params=defaults,
                           passes=_as_passes(passes), description=doc.split("\n\n")[0].replace("\n", " "),
-                          validate=validate, uses_model=uses_model, registration=next(_REGISTRATIONS))
+                          validate=validate, uses_model=uses_model, registration=next(_REGISTRATIONS), kind=kind)
         METHODS.add(key, info, replace=replace)
         return fn
 
@@ -294,11 +308,14 @@ def unregister(name: str) -> None:
     del METHODS._meta[name]
 
 
-def names(family: str | None = None) -> list[str]:
-    """Registered method names, optionally of one family."""
+def names(family: str | None = None, kind: str | None = None) -> list[str]:
+    """Registered method names, optionally of one family and/or one kind."""
     if family is not None and family not in FAMILIES:
         raise ConfigError("family", f"must be one of {', '.join(FAMILIES)}; got {family!r}")
-    return [n for n in METHODS.names() if family is None or METHODS.get(n).family == family]
+    if kind is not None and kind not in METHOD_KINDS:
+        raise ConfigError("kind", f"must be one of {', '.join(METHOD_KINDS)}; got {kind!r}")
+    return [n for n in METHODS.names() if (family is None or METHODS.get(n).family == family)
+            and (kind is None or METHODS.get(n).kind == kind)]
 
 
 def info(name: str) -> MethodInfo:
@@ -314,7 +331,7 @@ def _jsonable(v):
 
 
 def describe(shape: tuple[int, int, int] = (3, 32, 32)) -> list[dict[str, Any]]:
-    """One JSON-able row per method: name, family, stochastic, params (defaults), passes per image
+    """One JSON-able row per method: name, kind, family, stochastic, params (defaults), passes per image
     (forward, backward) for an input of ``shape``, description."""
     rows = []
     for n in METHODS.names():
@@ -323,7 +340,7 @@ def describe(shape: tuple[int, int, int] = (3, 32, 32)) -> list[dict[str, Any]]:
         if m.passes is not None:
             f, b = m.passes(dict(m.params), shape)
             passes = {"forward": f, "backward": b}
-        rows.append({"name": n, "family": m.family, "stochastic": m.stochastic,
+        rows.append({"name": n, "kind": m.kind, "family": m.family, "stochastic": m.stochastic,
                      "params": {k: _jsonable(v) for k, v in m.params.items()},
                      "passes_per_image": passes, "description": m.description})
     return rows
@@ -360,8 +377,37 @@ class Explainer:
         ps = ", ".join(f"{k}={_jsonable(v)!r}" for k, v in self.params.items())
         return f"Explainer({self.name}{', ' if ps else ''}{ps})"
 
+    kind = property(lambda self: self.info.kind)
+
+    def synthesize(self, model: nn.Module, objective, *, generator: torch.Generator | None = None,
+                   init: torch.Tensor | None = None) -> torch.Tensor:
+        """A synthesis method's images ``[N, C, H, W]`` in [0, 1] for ``objective`` on ``model``; every
+        random draw from ``generator`` (default: one seeded with the ``seed`` parameter)."""
+        if self.kind != "synthesis":
+            raise ConfigError(self.name, f"is an {self.kind} method: call it as method(model, x, target)")
+        kwargs = dict(self.params)
+        seed = kwargs.pop("seed", 0)
+        generator = generator if generator is not None else make_generator(int(seed))
+        was = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                images = self.info.fn(model, objective, generator=generator, init=init, **kwargs)
+        finally:
+            model.train(was)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ExplanationFailed(self.name, "images", f"must be a tensor [N, C, H, W], got {shape}")
+        images = images.detach()
+        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+            raise ExplanationFailed(self.name, "images", "must be finite and in [0, 1]")
+        return images
+
     def __call__(self, model: nn.Module, x: torch.Tensor, target, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
+        if self.kind != "attribution":
+            raise ConfigError(self.name, f"is a {self.kind} method: call its synthesize(model, objective, "
+                                         "generator=...) verb")
         target = check_inputs(self.name, x, target)
         kwargs = dict(self.params)
         if self.stochastic:
@@ -449,6 +495,6 @@ def check_int(field: str, value, lo: int, hi: int) -> None:
     check_range(field, value, lo, hi)
 
 
-__all__ = ["DEFAULT_INTERNAL_BATCH", "FAMILIES", "METHODS", "ExplanationFailed", "Explainer", "MethodInfo",
+__all__ = ["DEFAULT_INTERNAL_BATCH", "FAMILIES", "METHOD_KINDS", "METHODS", "ExplanationFailed", "Explainer", "MethodInfo",
            "NotApplicable", "Passes", "UnknownName", "check_inputs", "check_maps", "count_passes", "describe",
            "explain", "get", "info", "names", "prepared", "register", "unregister"]

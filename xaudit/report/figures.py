@@ -2,13 +2,15 @@
 
 Generic figures exist for every check: the verdict scores with their CIs per method, and, when the
 rows carry a ``stage`` (or ``block``/``step``) column, the curve of each metric across stages per
-method. A check adds its own figures with an optional method on its class::
+method. A check adds its own figures with its ``figures`` hook (declared on
+:class:`xaudit.checks.Check`)::
 
-    def figures(self, rows: list[dict], artifacts_dir: str | None) -> list[tuple[str, Figure | bytes]]
+    def figures(self, rows: list[dict], artifacts: list[Path]) -> list[tuple[str, Figure | bytes]] | None
 
 ``rows`` are the check's result rows (all methods, worlds, seeds; check-specific columns flattened;
-``cell`` names the cell, whose artifacts are in ``<artifacts_dir>/<cell[:16]>/``). Return (title,
-matplotlib Figure or PNG bytes) pairs; the report embeds them after the generic ones.
+``cell`` names the cell); ``artifacts`` are the artifact folders of the check's active, done cells
+(``<run>/artifacts/<cell[:16]>/``). Return (title, matplotlib Figure or PNG bytes) pairs: they
+replace the generic curves (the verdict scores figure stays); None keeps the generic figures.
 """
 from __future__ import annotations
 

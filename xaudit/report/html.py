@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from xaudit.report import figures as figs
-from xaudit.report.scorecard import VERDICT_STYLE, Entry, Scorecard, scorecard
+from xaudit.checks.base import verdict_id, verdict_label
+from xaudit.report.scorecard import VERDICT_STYLE, Entry, Scorecard, check_meta, scorecard, verdict_key_of
 from xaudit.run.store import Store, find_db
 
 REPORT_NAME = "report.html"
@@ -87,13 +88,19 @@ def _details(e) -> str:
     parts = []
     for d in e.details:
         val = "" if d["value"] is None else f" {d['value']:.3g}"
-        parts.append(f"{d['metric']}: {d['verdict']}{val}")
+        parts.append(f"{d.get('key', d['metric'])}: {d['verdict']}{val}")
     return "; ".join(parts)
 
 
 def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path) -> str:
     rows = store.rows(flatten=True)
     methods = sc.methods + sc.baselines
+    # the artifact folders of the active, done cells, per check: figures never see a stale cell's files
+    artifacts: dict[str, list[Path]] = {}
+    for cell in store.cells(active_only=True):
+        d = run_dir / "artifacts" / cell["key"][:16]
+        if cell["status"] == "done" and d.is_dir():
+            artifacts.setdefault(cell["check_name"], []).append(d)
     out = []
     for c in sc.checks:
         info = check_info.get(c, {})
@@ -117,10 +124,16 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
             continue
         images: list[tuple[str, bytes]] = []
         notes: list[str] = []
-        hook = _figure_hook(c)
+        own = None
+        check = _registered_check(c)
+        if check is not None:
+            try:
+                own = check.figures(crow, artifacts.get(c, []))
+            except Exception as e:   # a figure must never lose the report
+                notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
         base = tuple(sc.baselines)
         makers = [("verdict scores with CI", lambda: figs.verdict_figure(crow, methods, base))]
-        if hook is None:   # the check's own figures replace the generic curves
+        if own is None:   # the check's own figures replace the generic curves
             makers += [("metrics", lambda: figs.metric_figure(crow, methods)),
                        ("curves", lambda: figs.curve_figures(crow, methods, base))]
         for title, make in makers:
@@ -130,24 +143,25 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
                     images.append((t, figs.png(fig)))
             except Exception as e:   # a figure must never lose the report
                 notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
-        out.append(_verdict_table(crow, methods))
-        if hook is not None:
+        out.append(_verdict_table(crow, methods, verdict_key_of(check_info, c)))
+        for title, f in own or []:
             try:
-                for title, f in hook(crow, str(run_dir / "artifacts")) or []:
-                    images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f)))
+                images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f)))
             except Exception as e:
-                notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
+                notes.append(f"figure {title!r} failed: {type(e).__name__}: {e}")
         out += [_img(t, d) for t, d in images]
         out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
     return "".join(out)
 
 
-def _verdict_table(rows: list[dict], methods: list[str]) -> str:
-    """Every verdict row of a check: methods as rows, metrics as columns, per world/model/seed."""
+def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = ("metric",)) -> str:
+    """Every verdict row of a check: methods as rows, one column per verdict key (the metric, or e.g.
+    metric and trojan), per world/model/seed."""
     vrows = [r for r in rows if r.get("verdict") is not None]
     if not vrows:
         return ""
-    metrics = list(dict.fromkeys(r["metric"] for r in vrows))
+    columns = list(dict.fromkeys(verdict_id(r, key) for r in vrows))
+    heads = {verdict_id(r, key): verdict_label(r, key) for r in vrows}
     vary = [k for k in ("world", "model", "seed") if len({r.get(k) for r in vrows}) > 1]
     groups: dict[tuple, list[dict]] = {}
     for r in vrows:
@@ -156,14 +170,14 @@ def _verdict_table(rows: list[dict], methods: list[str]) -> str:
     for g, rs in groups.items():
         cap = ", ".join(f"{k} {v}" for k, v in zip(vary, g))
         out.append(f"<table><caption class=muted>{_e(cap)}</caption><tr><th>method</th>"
-                   + "".join(f"<th>{_e(m)}</th>" for m in metrics) + "</tr>")
+                   + "".join(f"<th>{_e(heads[k])}</th>" for k in columns) + "</tr>")
         for m in methods:
-            mine = {r["metric"]: r for r in rs if r["method"] == m}
+            mine = {verdict_id(r, key): r for r in rs if r["method"] == m}
             if not mine:
                 continue
             tds = []
-            for metric in metrics:
-                r = mine.get(metric)
+            for k in columns:
+                r = mine.get(k)
                 if r is None:
                     tds.append("<td></td>")
                     continue
@@ -176,15 +190,14 @@ def _verdict_table(rows: list[dict], methods: list[str]) -> str:
     return "".join(out)
 
 
-def _figure_hook(check: str):
+def _registered_check(check: str):
+    """An instance of the registered check, or None (a store read where its plugin is not importable)."""
     try:
         from xaudit.checks import CHECKS
 
-        cls = CHECKS.get(check)
+        return CHECKS.get(check)()
     except Exception:
         return None
-    fn = getattr(cls, "figures", None)
-    return getattr(cls(), "figures") if callable(fn) else None
 
 
 def _models_html(models: list[dict]) -> str:
@@ -261,11 +274,7 @@ def render(store: Store, run_dir: Path) -> str:
     sc = scorecard(store)
     runs = store.runs()
     cells = store.cells(active_only=True)
-    check_info: dict[str, dict] = {}
-    for r in runs:
-        for c in r.get("checks") or []:
-            if isinstance(c, dict) and "name" in c:
-                check_info[c["name"]] = c
+    check_info = check_meta(store, runs)
     counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "failed", "not_applicable", "pending")}
     counts["pending"] += sum(c["status"] == "running" for c in cells)
     secs = sum(c["seconds"] or 0 for c in cells)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from xaudit.checks.base import VERDICT_CODE   # one letter per metric where a cell has a row per metric
+from xaudit.checks.base import VERDICT_CODE, verdict_label   # one letter per verdict where a cell has several
 from xaudit.run.store import Store
 
 BASELINE_FAMILIES = ("baseline", "baselines")
@@ -42,11 +42,12 @@ class Entry:
         return s
 
     def codes(self) -> str:
-        """One letter per verdict row (P pass, F fail, ? inconclusive), in the rows' metric order."""
+        """One letter per verdict row (P pass, F fail, ? inconclusive), in the rows' order."""
         return "".join(VERDICT_CODE.get(str(d["verdict"]).lower(), "-") for d in self.details)
 
     def metrics(self) -> list[str]:
-        return [str(d["metric"]) for d in self.details]
+        """The verdict key of each verdict row (its metric, or e.g. ``l1 / patch_a``), in order."""
+        return [str(d.get("key", d["metric"])) for d in self.details]
 
     def text(self) -> str:
         if self.verdict is not None:
@@ -80,7 +81,7 @@ class Scorecard:
         return [(self.label(e), e) for e in self.entries.get((method, check), [])]
 
     def metric_orders(self) -> dict[str, list[str]]:
-        """check -> the metric order of its per-metric verdict letters (checks with several verdict rows)."""
+        """check -> the order of its verdict letters, by verdict key (checks with several verdict rows)."""
         out: dict[str, list[str]] = {}
         for (_, check), es in self.entries.items():
             for e in es:
@@ -96,7 +97,7 @@ class Scorecard:
         for check, metrics in orders.items():
             groups.setdefault(tuple(metrics), []).append(check)
         for metrics, checks in groups.items():
-            lines.append(f"{', '.join(checks)}: one letter per metric (P pass, F fail, ? inconclusive) in the "
+            lines.append(f"{', '.join(checks)}: one letter per verdict (P pass, F fail, ? inconclusive) in the "
                          f"order {', '.join(metrics)}; the score is {metrics[0]}'s.")
         return lines
 
@@ -111,10 +112,45 @@ def method_families(store: Store) -> dict[str, str]:
     return fam
 
 
+def check_meta(store: Store, runs: list[dict] | None = None) -> dict[str, dict[str, Any]]:
+    """Check name -> its metadata as the runs recorded it (the latest run wins), with the contract
+    hooks the report keys by (``verdict_key``, ``scorecard_metric``) filled in from the registry for
+    stores written before they were recorded."""
+    info: dict[str, dict[str, Any]] = {}
+    for r in store.runs() if runs is None else runs:
+        for c in r.get("checks") or []:
+            if isinstance(c, dict) and "name" in c:
+                info[c["name"]] = dict(c)
+    for name, c in info.items():
+        if "verdict_key" not in c or "scorecard_metric" not in c:
+            cls = _registered(name)
+            c.setdefault("verdict_key", list(getattr(cls, "verdict_key", ("metric",))))
+            c.setdefault("scorecard_metric", getattr(cls, "scorecard_metric", None))
+    return info
+
+
+def _registered(check: str):
+    try:
+        from xaudit.checks import CHECKS
+
+        return CHECKS.get(check)
+    except Exception:
+        return None
+
+
+def verdict_key_of(meta: dict[str, dict[str, Any]], check: str) -> tuple[str, ...]:
+    """The row columns that identify one verdict of ``check`` (``("metric",)`` unless it declares more)."""
+    key = (meta.get(check) or {}).get("verdict_key")
+    if key is None:
+        key = getattr(_registered(check), "verdict_key", ("metric",))
+    return tuple(key) or ("metric",)
+
+
 def scorecard(store: Store) -> Scorecard:
     cells = store.cells(active_only=True)
-    rows = store.rows(flatten=False)
+    rows = store.rows(flatten=True)
     runs = store.runs()
+    meta = check_meta(store, runs)
     run_name = runs[-1]["name"] if runs else ""
     methods: list[str] = []
     checks: list[str] = []
@@ -131,7 +167,7 @@ def scorecard(store: Store) -> Scorecard:
     for r in rows:
         if r["verdict"] is not None:
             by_cell.setdefault(r["cell"], []).append(r)
-    headline = {c: scorecard_metric(c) for c in checks}
+    headline = {c: (meta.get(c) or {}).get("scorecard_metric", scorecard_metric(c)) for c in checks}
     for c in cells:
         key = (c["method"], c["check_name"])
         vrows = by_cell.get(c["key"])
@@ -139,7 +175,8 @@ def scorecard(store: Store) -> Scorecard:
             sc.entries.setdefault(key, []).append(
                 Entry(world=c["world"], model=c["model_group"], seed=c["seed"], status=c["status"]))
             continue
-        sc.entries.setdefault(key, []).append(headline_entry(vrows, headline[c["check_name"]]))
+        sc.entries.setdefault(key, []).append(headline_entry(vrows, headline[c["check_name"]],
+                                                             verdict_key_of(meta, c["check_name"])))
     allents = [e for es in sc.entries.values() for e in es]
     sc.vary = tuple(k for k in ("world", "model", "seed") if len({getattr(e, k) for e in allents}) > 1)
     return sc
@@ -155,17 +192,19 @@ def scorecard_metric(check: str) -> str | None:
         return None
 
 
-def headline_entry(vrows: list[dict], metric: str | None) -> Entry:
-    """One cell's entry from its verdict rows: the declared headline metric's row when the check names
-    one; otherwise the common verdict of all rows ('mixed' when they disagree) with the first row's score."""
+def headline_entry(vrows: list[dict], metric: str | None, verdict_key: tuple[str, ...] = ("metric",)) -> Entry:
+    """One cell's entry from its verdict rows: the declared headline metric's rows when the check names
+    one (one per value of the other verdict-key columns, e.g. one per trojan); otherwise all rows. The
+    verdict is their common verdict ('mixed' when they disagree), the score the first row's. Every
+    chosen row stays in ``details``, labelled by its verdict key: none is dropped."""
     chosen = [r for r in vrows if r["metric"] == metric] or vrows
     verdicts = {str(r["verdict"]).lower() for r in chosen}
     verdict = chosen[0]["verdict"] if len(verdicts) == 1 else MIXED
     r = chosen[0]
-    details = [{k: v[k] for k in ("metric", "verdict", "value", "ci_low", "ci_high", "n")} for v in vrows]
+    details = [{**{k: v.get(k) for k in ("metric", "verdict", "value", "ci_low", "ci_high", "n")},
+                "key": verdict_label(v, verdict_key)} for v in chosen]
     return Entry(world=r["world"], model=r["model"], seed=r["seed"], verdict=verdict, metric=r["metric"],
-                 value=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"],
-                 details=details if len(chosen) > 1 else [d for d in details if d["metric"] == r["metric"]])
+                 value=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], n=r["n"], details=details)
 
 
 def render_terminal(sc: Scorecard, console=None) -> None:

@@ -18,7 +18,7 @@ from xaudit.run.executor import Executor
 from xaudit.run.plan import Cell, Plan
 from xaudit.run.progress import Progress
 from xaudit.run.store import FINAL, ROW_COLUMNS, Store, find_db
-from xaudit.run.worker import CellResult, CellTask, ModelResult, ModelTask, WorkerConfig
+from xaudit.run.worker import MAX_LOADED_MODELS, CellResult, CellTask, ModelResult, ModelTask, WorkerConfig
 
 
 @dataclass
@@ -37,8 +37,13 @@ class Summary:
 
 
 class _StoreSink:
-    def __init__(self, store: Store, plan: Plan, run_id: int, progress: Progress):
+    """Records every result in the store (the parent process alone writes it). A cell's artifacts
+    are written under ``<run dir>/artifacts/<key[:16]>/`` before its rows and status are committed,
+    so a kill in between leaves the cell unfinished (and rerun), never done without its artifacts."""
+
+    def __init__(self, store: Store, plan: Plan, run_id: int, progress: Progress, artifacts_root: Path):
         self.store, self.plan, self.run_id, self.progress = store, plan, run_id, progress
+        self.artifacts_root = artifacts_root
         self.by_key = {c.key: c for c in plan.cells}
         self.summary = Summary()
 
@@ -58,12 +63,34 @@ class _StoreSink:
         self.store.cell_started(key, self.run_id, worker)
 
     def cell_finished(self, res: CellResult) -> None:
+        write_artifacts(self.artifacts_root, res.key, res.artifacts)
         self.store.cell_finished(res.key, self.plan.preset.name, res.status, res.rows, seconds=res.seconds,
                                  model_seconds=res.model_seconds, error=res.error, traceback=res.traceback)
         self.summary.ran += 1
         if res.status == "failed":
             self.summary.failures.append((self.by_key[res.key].label, res.error or ""))
         self.progress.cell_finished(res.status)
+
+
+def artifact_dir(artifacts_root: str | Path, key: str) -> Path:
+    """Where the parent keeps a cell's artifacts."""
+    return Path(artifacts_root) / key[:16]
+
+
+def write_artifacts(artifacts_root: str | Path, key: str, files: dict[str, bytes]) -> None:
+    """Replace the cell's artifact folder by ``files`` (relative path -> bytes); none: no folder."""
+    import shutil
+
+    d = artifact_dir(artifacts_root, key)
+    shutil.rmtree(d, ignore_errors=True)
+    for rel, data in files.items():
+        p = (d / rel).resolve()
+        if d.resolve() not in p.parents:
+            raise ValueError(f"artifact path {rel!r} of cell {key[:16]} leaves its folder")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(p)
 
 
 def pending_cells(plan: Plan, store: Store, retry_failed: bool = True) -> list[Cell]:
@@ -76,7 +103,8 @@ def pending_cells(plan: Plan, store: Store, retry_failed: bool = True) -> list[C
 def cell_task(plan: Plan, c: Cell) -> CellTask:
     return CellTask(key=c.key, check=c.check, method=c.method, method_params=c.method_params,
                     model_group=c.model_group, world=c.world, seed=c.seed, params=c.params, models=c.models,
-                    resolved={k: plan.models[k] for _, _, k in c.models}, label=c.label)
+                    resolved={k: plan.models[k] for _, _, k in c.models}, label=c.label, world_label=c.world_label,
+                    method_kind=plan.method_kinds.get(c.method, "attribution"))
 
 
 def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_dir: str | Path,
@@ -87,10 +115,13 @@ def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_di
     progress = progress or Progress(enabled=False)
     todo = pending_cells(plan, store, retry_failed)
     models = plan.models_for(todo)
+    # a worker keeps loaded at least the largest set of models one cell uses (a population check)
+    max_models = max([MAX_LOADED_MODELS, *(len(c.models) for c in todo)])
     config = WorkerConfig(source=plan.source, cache_dir=None if cache_dir is None else str(cache_dir),
                           device=plan.preset.device, plugins=tuple(plan.preset.plugins), profile=plan.preset.profile,
-                          artifacts_root=str(Path(run_dir).resolve() / "artifacts"))
-    sink = _StoreSink(store, plan, run_id, progress)
+                          max_models=max_models)
+    art = Path(run_dir).resolve() / "artifacts"
+    sink = _StoreSink(store, plan, run_id, progress, art)
     progress.start(len(models), len(todo), len(plan.cells) - len(todo), getattr(executor, "workers", 1))
     try:
         executor.run([ModelTask(m.key, m) for m in models], [cell_task(plan, c) for c in todo], config, sink)
@@ -99,7 +130,6 @@ def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_di
         # cells a stopped run left 'running' are unfinished: show them as pending
         with store._tx() as con:
             con.execute("UPDATE cells SET status = 'pending' WHERE status = 'running' AND run_id = ?", (run_id,))
-        art = Path(config.artifacts_root)
         if art.is_dir() and not any(art.iterdir()):
             art.rmdir()
     s = sink.summary

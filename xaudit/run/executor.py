@@ -285,12 +285,11 @@ class LocalExecutor:
                     elif kind == "result":
                         task, res = current[wid], msg[4]
                         current[wid] = None
+                        held[wid] = set(res.held)      # exactly what the worker holds now
                         if msg[2] == "model":
-                            held[wid].add(res.key)
                             sink.model_finished(res)
                             _skip_failed(sched, sched.model_finished(res), sink)
                         else:
-                            held[wid].update(k for _, _, k in task.models)
                             sched.cell_finished(res.key)
                             sink.cell_finished(res)
                     continue

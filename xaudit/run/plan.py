@@ -1,43 +1,36 @@
-"""The plan: a preset expanded into cells (check x method x model group x world x seed).
+"""The plan: a preset expanded into cells (check x accepted method x model group x world x seed).
 
 A cell's key is the sha256 of its canonical configuration: check name and version, the check's
 parameters (defaults merged with the preset's), method and method parameters, model group,
 world config, seed and the identities (spec hashes) of every model it uses. The same
 configuration always gets the same key, so a finished cell is found again and never recomputed.
+
+A check is crossed only with the methods it accepts (``Check.accepts``: attribution methods with
+attribution checks, synthesis methods with synthesis checks). Each model a check asks for
+(``Check.models`` -> ModelRef) is resolved on its own world: the cell's, or another one for a model
+trained elsewhere. A world is identified by its whole config; its label (``shapes@32``) names it in
+cells, rows and artifacts, so two configs of one world (32 and 64 px) stay apart.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from xaudit.core.canon import canonical_json, digest
 from xaudit.core.errors import ConfigError, UnknownName
 from xaudit.run.models import DEFAULT_SOURCE, ModelSource, ResolvedModel, load_source
 from xaudit.run.preset import ALL, Preset, WorldEntry
 
+if TYPE_CHECKING:
+    from xaudit.checks.base import ModelRef
+
 CELL_SCHEMA = 1  # bump when the meaning of a cell key changes
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (tuple, set, frozenset)):
-        return sorted(o) if isinstance(o, (set, frozenset)) else list(o)
-    if hasattr(o, "item") and callable(o.item):     # numpy / torch scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"cannot serialize {type(o).__name__} in a cell configuration")
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no spaces, no NaN (NaN has no canonical form)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-                      default=_jsonable)
-
-
 def cell_key(config: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    return digest(config)
 
 
 @dataclass(frozen=True)
@@ -52,8 +45,9 @@ class Cell:
     world: dict[str, Any]                 # canonical world config ({"world": name, "size": ..., ...})
     seed: int
     params: dict[str, Any]
-    models: tuple[tuple[str, int, str], ...]   # (model group alias, seed, ResolvedModel.key) per ModelRef
+    models: tuple[tuple[str, int, str], ...]   # (ModelRef.alias, seed, ResolvedModel.key) per ModelRef
     config: dict[str, Any] = field(compare=False, repr=False)   # what the key hashes
+    world_label: str = ""                 # the world's label (``shapes@32``): rows, store, artifacts
 
     @property
     def primary(self) -> str | None:
@@ -62,7 +56,8 @@ class Cell:
 
     @property
     def world_name(self) -> str:
-        return str(self.world.get("world"))
+        """The world's identity in the store and the rows: its label."""
+        return self.world_label or str(self.world.get("world"))
 
     @property
     def label(self) -> str:
@@ -77,6 +72,7 @@ class Plan:
     checks: list[str]
     methods: list[str]
     source: str = DEFAULT_SOURCE
+    method_kinds: dict[str, str] = field(default_factory=dict)   # method -> kind
 
     def models_for(self, cells: list[Cell]) -> list[ResolvedModel]:
         """The models those cells need, in first-use order."""
@@ -167,13 +163,14 @@ def resolve_methods(preset: Preset) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def world_config(entry: WorldEntry, index: int) -> dict[str, Any]:
-    """The world's canonical config (its own ``config()``), validated by instantiating it."""
+def world_config(entry: WorldEntry, index: int, where: str | None = None) -> dict[str, Any]:
+    """The world's canonical config (its own ``config()``), validated by instantiating it. ``where``
+    names the field in errors (default ``worlds[index]``)."""
     from xaudit import world as world_mod
 
     cfg = dict(entry.config)
     name = cfg.pop("world")
-    fld = f"worlds[{index}]"
+    fld = where or f"worlds[{index}]"
     try:
         w = world_mod.get(name, **cfg)
     except UnknownName as e:
@@ -196,6 +193,53 @@ def _subset(kind: str, want: str | list[str] | None, have: list[str], preset: st
     return [h for h in have if h in want]
 
 
+def method_rows(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Method name -> its metadata (kind, family, ...) for ``Check.accepts``."""
+    explain = _explain()
+    out = {}
+    for n in names:
+        try:
+            m = explain.info(n) if explain is not None else None
+        except UnknownName:
+            m = None
+        out[n] = ({"name": n, "kind": m.kind, "family": m.family, "stochastic": m.stochastic}
+                  if m is not None else {"name": n, "kind": "attribution", "family": ""})
+    return out
+
+
+class _Resolver:
+    """Resolves a check's ModelRefs to the plan's models, each on its own world (memoized)."""
+
+    def __init__(self, preset: Preset, src: ModelSource, worlds: list[tuple[WorldEntry, dict[str, Any]]]):
+        self.src, self.worlds = src, worlds
+        self.resolved: dict[str, ResolvedModel] = {}
+        self.world_cfgs: dict[str, dict[str, Any]] = {}
+
+    def world_of(self, ref: "ModelRef", cell_world: dict[str, Any], entry: WorldEntry, where: str
+                 ) -> tuple[dict[str, Any], WorldEntry | None]:
+        """The canonical config of the world ``ref`` trains on, and the preset's entry for it (its
+        ``specs`` map applies), or None for a world the preset does not list."""
+        if ref.world is None:
+            return cell_world, entry
+        memo = canonical_json(dict(ref.world))
+        if memo not in self.world_cfgs:
+            self.world_cfgs[memo] = world_config(WorldEntry(config={"seed": 0, **dict(ref.world)}), -1, where)
+        cfg = self.world_cfgs[memo]
+        return cfg, next((e for e, c in self.worlds if c == cfg), None)
+
+    def resolve(self, ref: "ModelRef", cell_world: dict[str, Any], entry: WorldEntry, where: str
+                ) -> tuple[tuple[str, int, str], ResolvedModel]:
+        wcfg, went = self.world_of(ref, cell_world, entry, where)
+        named = isinstance(ref.spec, str)
+        spec_ref = went.spec_for(ref.spec) if named and went is not None else ref.spec
+        explicit = named and went is not None and ref.spec in went.specs
+        memo = canonical_json([spec_ref, int(ref.seed), wcfg])
+        if memo not in self.resolved:
+            self.resolved[memo] = self.src.resolve(spec_ref, int(ref.seed), wcfg, explicit=explicit, group=ref.group)
+        rm = self.resolved[memo]
+        return (ref.alias, int(ref.seed), rm.key), rm
+
+
 def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks: str | list[str] | None = None,
                source: str | None = None) -> Plan:
     """Expand ``preset`` into cells. ``methods``/``checks`` (comma-separated or lists) keep a subset.
@@ -203,6 +247,8 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     ``source`` names the model source (``module:attr``; default the zoo).
     """
     import xaudit.checks as checks_mod
+    from xaudit.checks.base import declared_models
+    from xaudit.world.base import world_label
 
     import_plugins(preset.plugins)
     source = source or DEFAULT_SOURCE
@@ -213,33 +259,31 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     keep_methods = _subset("methods", methods, [m for m, _ in method_list], preset.name)
     check_list = [c for c in check_list if c[0] in keep_checks]
     method_list = [m for m in method_list if m[0] in keep_methods]
+    infos = method_rows([m for m, _ in method_list])
 
     cells: list[Cell] = []
     models: dict[str, ResolvedModel] = {}
-    resolved: dict[str, ResolvedModel] = {}
-    for wi, wentry in enumerate(preset.worlds):
-        wcfg = world_config(wentry, wi)
+    worlds = [(w, world_config(w, i)) for i, w in enumerate(preset.worlds)]
+    resolver = _Resolver(preset, src, worlds)
+    for wentry, wcfg in worlds:
+        wlabel = world_label(wcfg)
         for cname, params, groups in check_list:
             check = checks_mod.get(cname)
-            only_worlds = getattr(check, "worlds", None)
-            if only_worlds and wcfg["world"] not in only_worlds:
+            if check.worlds and wcfg["world"] not in check.worlds:
                 continue
-            groups = groups or tuple(getattr(check, "model_groups", None) or ()) or wentry.models
+            accepted = [(m, mp) for m, mp in method_list if check.accepts(infos[m])]
+            if not accepted:
+                continue
+            groups = groups or tuple(check.model_groups or ()) or wentry.models
             for group in groups:
                 for seed in preset.seeds:
-                    refs = check.models(params, group, seed)
                     used = []
-                    for ref in refs:
-                        spec_ref = wentry.spec_for(ref.spec)
-                        memo = canonical_json([spec_ref, ref.seed, wcfg])
-                        if memo not in resolved:
-                            resolved[memo] = src.resolve(spec_ref, int(ref.seed), wcfg,
-                                                         explicit=ref.spec in wentry.specs, group=ref.spec)
-                        rm = resolved[memo]
+                    for ref in declared_models(check, params, group, seed, wcfg):
+                        entry, rm = resolver.resolve(ref, wcfg, wentry, f"checks.{cname}.models")
                         models[rm.key] = rm
-                        used.append((ref.spec, int(ref.seed), rm.key))
+                        used.append(entry)
                     used_t = tuple(dict.fromkeys(used))
-                    for mname, mparams in method_list:
+                    for mname, mparams in accepted:
                         config = {"schema": CELL_SCHEMA, "check": cname, "check_version": str(check.version),
                                   "params": params, "method": mname, "method_params": mparams,
                                   "model_group": group, "world": wcfg, "seed": seed,
@@ -251,7 +295,7 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
                         cells.append(Cell(key=key, ordinal=len(cells), check=cname, check_version=str(check.version),
                                           method=mname, method_params=dict(mparams), model_group=group,
                                           world=wcfg, seed=seed, params=dict(params), models=used_t,
-                                          config=json.loads(canonical_json(config))))
+                                          config=json.loads(canonical_json(config)), world_label=wlabel))
     if not cells:
         raise ConfigError("checks", f"preset {preset.name!r} expands to no cells (checks {keep_checks}, "
                                     f"methods {keep_methods}, {len(preset.worlds)} worlds)")
@@ -259,4 +303,4 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     if dup:
         raise ConfigError("worlds", f"{dup} cells of preset {preset.name!r} have identical configurations")
     return Plan(preset=preset, cells=cells, models=models, checks=keep_checks, methods=keep_methods,
-                source=source)
+                source=source, method_kinds={m: i["kind"] for m, i in infos.items()})

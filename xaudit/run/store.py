@@ -74,6 +74,11 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_default, allow_nan=True)
 
 
+def _canonical(obj: Any) -> str:
+    """Compact JSON with sorted keys, the form SQLite's json() gives."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
+
+
 def _default(o: Any) -> Any:
     if hasattr(o, "item") and callable(o.item) and getattr(o, "ndim", 0) == 0:
         return o.item()
@@ -205,17 +210,21 @@ class Store:
             self.con.execute("UPDATE run SET finished_at = ?, status = ? WHERE id = ?", (time.time(), status, run_id))
 
     def sync_plan(self, cells: Iterable[Any]) -> None:
-        """Insert the plan's cells (keeping the state of known keys) and make them the active ones."""
+        """Insert the plan's cells (keeping the state of known keys) and make them the active ones.
+
+        A plan cell replaces (deactivates) the stored cells of the same check, method, model group,
+        seed and world *config* (not name: shapes at 32 and at 64 px are two worlds); the label column
+        is refreshed, so a store written before world labels existed is relabelled."""
         with self._tx():
             for c in cells:
                 self.con.execute(
                     "UPDATE cells SET active = 0 WHERE check_name = ? AND method = ? AND model_group = ? "
-                    "AND world = ? AND seed = ? AND key != ?",
-                    (c.check, c.method, c.model_group, c.world_name, c.seed, c.key))
+                    "AND seed = ? AND key != ? AND json_extract(config, '$.world') = json(?)",
+                    (c.check, c.method, c.model_group, c.seed, c.key, _canonical(c.world)))
                 self.con.execute(
                     "INSERT INTO cells (key, ordinal, active, check_name, check_version, method, model_group, "
                     "world, seed, config) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET active = 1, ordinal = excluded.ordinal",
+                    "ON CONFLICT (key) DO UPDATE SET active = 1, ordinal = excluded.ordinal, world = excluded.world",
                     (c.key, c.ordinal, c.check, c.check_version, c.method, c.model_group, c.world_name, c.seed,
                      _json(c.config)))
 

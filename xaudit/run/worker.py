@@ -1,16 +1,23 @@
 """What a worker does: prepare (train or load) a model, run a cell. Used in-process by the inline
 executor and in each process of the local executor; a Ray executor would call the same functions.
 
-A worker keeps the models it loaded (LRU), so all the cells of one model group load it once.
-After every cell it checks that the check left the shared model untouched (a fingerprint of its
-parameters and buffers): a check that randomizes weights must work on a copy, or later cells of
-the same model would see a corrupted model and the run would depend on scheduling.
+A worker keeps the models it loaded (LRU, at least as many as the largest cell uses), so all the
+cells of one model group load it once; every result reports which models the worker holds, so the
+scheduler's record of it is exact. After every cell it checks that the check left every model it
+used untouched (a fingerprint of its parameters and buffers): a check that randomizes weights must
+work on a copy, or later cells of the same model would see a corrupted model and the run would
+depend on scheduling.
+
+A cell writes its artifacts (figure data) into a scratch folder of the worker; their bytes travel
+back with the cell's rows in :class:`CellResult`, and the parent alone writes them into the run
+directory, so a worker on another machine works the same way.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 import time
 import traceback as tb_mod
 from collections import OrderedDict
@@ -33,7 +40,8 @@ class WorkerConfig:
     threads: int = 1                   # torch intra-op threads for cell tasks
     plugins: tuple[str, ...] = ()      # modules to import first (they register checks/methods)
     profile: bool = False              # time forward/backward passes of the models inside cells
-    artifacts_root: str | None = None  # <run dir>/artifacts
+    artifacts: bool = True             # give cells a scratch folder for artifacts (returned with the rows)
+    max_models: int = MAX_LOADED_MODELS   # models kept loaded: at least the largest set one cell uses
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,11 @@ class CellTask:
     world: dict[str, Any]
     seed: int
     params: dict[str, Any]
-    models: tuple[tuple[str, int, str], ...]    # (alias, seed, model key)
+    models: tuple[tuple[str, int, str], ...]    # (ModelRef.alias, seed, model key)
     resolved: dict[str, ResolvedModel]          # model key -> model
     label: str = ""
+    world_label: str = ""
+    method_kind: str = "attribution"
 
     kind = "cell"
 
@@ -74,6 +84,7 @@ class ModelResult:
     seconds: float = 0.0
     error: str | None = None
     traceback: str | None = None
+    held: tuple[str, ...] = ()         # the models the worker holds after this task
 
 
 @dataclass
@@ -85,6 +96,8 @@ class CellResult:
     model_seconds: float | None = None
     error: str | None = None
     traceback: str | None = None
+    artifacts: dict[str, bytes] = field(default_factory=dict)   # relative path -> bytes
+    held: tuple[str, ...] = ()         # the models the worker holds after this cell
 
 
 def resolve_device(device: str) -> str:
@@ -182,9 +195,12 @@ class WorkerState:
         if self.timer is not None and hasattr(model, "register_forward_hook"):
             self.timer.attach(model)
         self.loaded[m.key] = (model, card, _fingerprint(model) if hasattr(model, "named_parameters") else "")
-        while len(self.loaded) > MAX_LOADED_MODELS:
+        while len(self.loaded) > max(1, self.config.max_models):
             self.loaded.popitem(last=False)
         return model, card
+
+    def held(self) -> tuple[str, ...]:
+        return tuple(self.loaded)
 
     def prepare_model(self, task: ModelTask) -> ModelResult:
         set_threads(task.threads)
@@ -192,10 +208,10 @@ class WorkerState:
         try:
             _, card = self._load(task.model)
             card = json.loads(_json(card))
-            return ModelResult(task.key, "ok", card=card, seconds=time.perf_counter() - t0)
+            return ModelResult(task.key, "ok", card=card, seconds=time.perf_counter() - t0, held=self.held())
         except Exception as e:
             return ModelResult(task.key, "failed", seconds=time.perf_counter() - t0,
-                               error=f"{type(e).__name__}: {e}", traceback=tb_mod.format_exc())
+                               error=f"{type(e).__name__}: {e}", traceback=tb_mod.format_exc(), held=self.held())
 
     # -- cells
     def run_cell(self, task: CellTask) -> CellResult:
@@ -204,22 +220,20 @@ class WorkerState:
 
         set_threads(self.config.threads)
         aliases = {(a, s): k for a, s, k in task.models}
-        used: set[str] = set()
+        used: dict[str, tuple[Any, str]] = {}     # model key -> (the object the cell got, its fingerprint)
 
         def load_model(ref: ModelRef):
-            k = aliases.get((ref.spec, int(ref.seed)))
+            k = aliases.get((ref.alias, int(ref.seed)))
             if k is None:
                 declared = ", ".join(f"{a}@{s}" for a, s, _ in task.models) or "none"
-                raise RuntimeError(f"check {task.check!r} asked for model {ref.spec}@{ref.seed}, which its models() "
+                raise RuntimeError(f"check {task.check!r} asked for model {ref.alias}@{ref.seed}, which its models() "
                                    f"did not declare (declared: {declared}); the runner prepares only declared models")
-            used.add(k)
-            return self._load(task.resolved[k])
+            model, card = self._load(task.resolved[k])
+            if k not in used:
+                used[k] = (model, self.loaded[k][2])
+            return model, card
 
-        artifacts = None
-        if self.config.artifacts_root:
-            artifacts = Path(self.config.artifacts_root) / task.key[:16]
-            shutil.rmtree(artifacts, ignore_errors=True)
-            artifacts.mkdir(parents=True, exist_ok=True)
+        artifacts = Path(tempfile.mkdtemp(prefix=f"xaudit-cell-{task.key[:12]}-")) if self.config.artifacts else None
         t_model0 = self.timer.seconds if self.timer else 0.0
         t0 = time.perf_counter()
         try:
@@ -229,29 +243,31 @@ class WorkerState:
             ctx = CheckContext(check=task.check, method=task.method, method_params=dict(task.method_params),
                                model_group=task.model_group, world=dict(task.world), seed=task.seed,
                                params=dict(task.params), load_model=load_model, device=self.device,
-                               artifacts_dir=str(artifacts) if artifacts else None)
+                               artifacts_dir=str(artifacts) if artifacts else None, world_label=task.world_label,
+                               method_kind=task.method_kind)
             rows = check.run(ctx)
             rows = _clean_rows(task, rows)
             self._verify_untouched(used)
+            files = _collect(artifacts)
             status, error, trace = "done", None, None
         except NotApplicable as e:
-            rows, status, error, trace = [], "not_applicable", str(e) or type(e).__name__, None
+            rows, files, status, error, trace = [], {}, "not_applicable", str(e) or type(e).__name__, None
         except Exception as e:
-            rows, status, error, trace = [], "failed", f"{type(e).__name__}: {e}", tb_mod.format_exc()
+            rows, files, status, error, trace = [], {}, "failed", f"{type(e).__name__}: {e}", tb_mod.format_exc()
+        finally:
+            if artifacts is not None:
+                shutil.rmtree(artifacts, ignore_errors=True)
         seconds = time.perf_counter() - t0
-        if artifacts is not None and artifacts.is_dir() and not any(artifacts.iterdir()):
-            artifacts.rmdir()
         return CellResult(task.key, status, rows=rows, seconds=seconds,
                           model_seconds=(self.timer.seconds - t_model0) if self.timer else None,
-                          error=error, traceback=trace)
+                          error=error, traceback=trace, artifacts=files, held=self.held())
 
-    def _verify_untouched(self, keys: set[str]) -> None:
-        for k in keys:
-            if k not in self.loaded:
-                continue
-            model, _, fp = self.loaded[k]
+    def _verify_untouched(self, used: dict[str, tuple[Any, str]]) -> None:
+        """Every model the cell was handed still has its weights (also one evicted from the cache
+        during the cell: the check is judged on the object it got)."""
+        for k, (model, fp) in used.items():
             if fp and _fingerprint(model) != fp:
-                del self.loaded[k]     # reload a clean copy for the next cell
+                self.loaded.pop(k, None)     # reload a clean copy for the next cell
                 raise RuntimeError("the check changed the weights of the shared model in place; checks must "
                                    "modify a copy (copy.deepcopy or the zoo's randomize context) so every cell "
                                    "sees the trained model")
@@ -259,8 +275,16 @@ class WorkerState:
                 model.eval()
 
 
+def _collect(root: Path | None) -> dict[str, bytes]:
+    """The files a cell wrote under ``root``: relative POSIX path -> bytes."""
+    if root is None or not root.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _clean_rows(task: CellTask, rows: Any) -> list[dict[str, Any]]:
-    """Validate the row contract and turn values into plain Python (JSON round trip)."""
+    """Validate the row contract and turn values into plain Python (JSON round trip); the world
+    column is the cell's world label (the runner's identity of the world, not the check's)."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise TypeError(f"check {task.check!r} must return a list of row dicts, got {type(rows).__name__}")
     for i, r in enumerate(rows):
@@ -268,7 +292,11 @@ def _clean_rows(task: CellTask, rows: Any) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"row {i} of check {task.check!r} lacks column(s) {', '.join(missing)} "
                              "(build rows with xaudit.checks.row)")
-    return json.loads(_json(rows))
+    rows = json.loads(_json(rows))
+    if task.world_label:
+        for r in rows:
+            r["world"] = task.world_label
+    return rows
 
 
 def worker_main(wid: int, inbox, outbox, config: WorkerConfig, parent_pid: int) -> None:

@@ -89,6 +89,13 @@ class World:
         """Everything that determines the samples (hashed into model specs and cells)."""
         return {"world": self.name, "size": self.size, "seed": self.seed}
 
+    def label(self) -> str:
+        """A readable identity of this configuration: ``name@size``, then the parameters that differ
+        from the world's defaults (``shapes@64``, ``spurious@32[correlation=0.5]``, ``shapes@32[seed=1]``).
+        Two configurations that sample differently get different labels (rows, cells and artifacts
+        carry it in their ``world`` column)."""
+        return world_label(self.config())
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.size, self.size)
@@ -129,6 +136,27 @@ class World:
     def _render(self, idx: torch.Tensor, labels: torch.Tensor, split_seed: int, split: str):
         """Return (images float32 [N,C,H,W] in [0,1], object_mask bool [N,H,W])."""
         raise NotImplementedError
+
+
+def world_label(config: dict[str, Any]) -> str:
+    """The label of a world config (see :meth:`World.label`): ``name@size`` plus every parameter whose
+    value differs from the default configuration of that world at that size."""
+    name, size = str(config.get("world")), config.get("size")
+    try:
+        default = WORLDS.get(name)(size=size).config()
+    except Exception:            # unknown world or size: every parameter is named
+        default = {}
+    extras = [f"{k}={_label_value(v)}" for k, v in sorted(config.items())
+              if k not in ("world", "size") and default.get(k, object()) != v]
+    return f"{name}@{size}" + (f"[{','.join(extras)}]" if extras else "")
+
+
+def _label_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "+".join(map(_label_value, v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def get(name: str, **params) -> World:
