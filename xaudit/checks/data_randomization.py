@@ -1,4 +1,4 @@
-"""Data randomization test (PROTOCOLS.md section 1): the same architecture trained on one global
+"""Data randomization test (docs/protocols.md#14-data-randomization): the same architecture trained on one global
 random permutation of the training labels (zoo spec ``random-labels``, cached; the model is refused
 unless its card says the bug took: high train accuracy on the permuted labels, chance test accuracy).
 The maps of the true-label model and of the random-label model are compared on the same test images,

@@ -1,4 +1,4 @@
-"""Model-parameter randomization tests (PROTOCOLS.md section 1): cascading and independent.
+"""Model-parameter randomization tests (docs/protocols.md#13-cascading-and-independent-randomization): cascading and independent.
 
 Blocks are ordered from the output to the input (:func:`xaudit.core.model.blocks`). Cascading stage k
 re-initializes blocks ``order[:k]``; independent stage k re-initializes ``order[k-1]`` alone; stage 0

@@ -1,4 +1,4 @@
-"""Shared machinery of the four sanity checks (PROTOCOLS.md section 1, Adebayo et al. 2018).
+"""Shared machinery of the four sanity checks (docs/protocols.md#1-sanity-checks, Adebayo et al. 2018).
 
 Every sanity check compares, image by image, the maps of an *original* explanation (the trained
 model, explaining its own predicted class) with the maps of a *tested* explanation that should differ

@@ -1,4 +1,4 @@
-"""Map normalizations of the sanity-checks protocol (PROTOCOLS.md section 1), batched, torch.
+"""Map normalizations of the sanity-checks protocol (docs/protocols.md#17-map-normalizations), batched, torch.
 
 Every function takes a raw attribution ``[N, C, H, W]`` (any float dtype, any device) and returns
 ``[N, 1, H, W]`` of the same dtype and device; channels are summed first.

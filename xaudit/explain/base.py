@@ -454,7 +454,7 @@ def get(name: str, **params) -> Explainer:
 def explain(model: nn.Module, x: torch.Tensor, target, method: str = "saliency", *,
             generator: torch.Generator | None = None, post: str | None = None, **params) -> torch.Tensor:
     """Explain a batch in one call: raw maps [N, C, H, W], or with ``post`` in ("abs", "signed",
-    "zero_one") the post-processed maps [N, 1, H, W] of PROTOCOLS.md section 1."""
+    "zero_one") the post-processed maps [N, 1, H, W] of docs/protocols.md#17-map-normalizations."""
     raw = get(method, **params)(model, x, target, generator=generator)
     if post is None:
         return raw

@@ -3,7 +3,7 @@
 without a convolution raise NotApplicable).
 
 Grad-CAM is ReLU(sum_k alpha_k A^k) at the layer's resolution, upsampled to the input (bilinear by
-default, PROTOCOLS.md section 1) and spread evenly over the input channels. Guided Grad-CAM is
+default, docs/protocols.md#113-method-settings) and spread evenly over the input channels. Guided Grad-CAM is
 guided backprop times the same upsampled Grad-CAM.
 """
 from __future__ import annotations

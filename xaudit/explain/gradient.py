@@ -139,7 +139,7 @@ def _noise_passes(p, s):
           passes=_noise_passes, validate=_check_noise)
 def smooth_grad(model, x, target, samples=50, noise=0.15, internal_batch=IB, *, generator):
     """SmoothGrad: the mean gradient over ``samples`` Gaussian perturbations of the input, noise sd =
-    ``noise`` x (max - min) of each image (PROTOCOLS.md: 0.15, 50 samples)."""
+    ``noise`` x (max - min) of each image (docs/protocols.md#113-method-settings: 0.15, 50 samples)."""
     mean, _ = _noisy_gradient_moments(model, x, target, samples, noise, generator, internal_batch, False)
     return mean.to(x.dtype)
 
@@ -159,7 +159,7 @@ def smooth_grad_sq(model, x, target, samples=50, noise=0.15, internal_batch=IB, 
           passes=_noise_passes, validate=_check_noise)
 def var_grad(model, x, target, samples=25, noise=0.15, internal_batch=IB, *, generator):
     """VarGrad: the variance of gradients over Gaussian perturbations, mean(g^2) - mean(g)^2 as in
-    Captum's NoiseTunnel (PROTOCOLS.md: 0.15 x range, 25 samples)."""
+    Captum's NoiseTunnel (docs/protocols.md#113-method-settings: 0.15 x range, 25 samples)."""
     mean, mean_sq = _noisy_gradient_moments(model, x, target, samples, noise, generator, internal_batch, True)
     return (mean_sq - mean * mean).clamp_min(0.0).to(x.dtype)
 

@@ -1,4 +1,4 @@
-"""The run stage: presets -> plan of cells -> executor -> results store (see DESIGN.md).
+"""The run stage: presets -> plan of cells -> executor -> results store (see docs/architecture.md#data-flow).
 
     >>> import xaudit.run
     >>> result = xaudit.run("smoke")            # the package itself is callable: xaudit.run(preset)

@@ -1,7 +1,7 @@
 """The ``digits`` world: scikit-learn's shipped 8x8 digits, upsampled to 28x28, one channel.
 
 The background is exactly zero (as in MNIST), which reproduces the tie artifact of
-PROTOCOLS.md section 1: x * grad is zero wherever x is.
+docs/protocols.md#18-similarities: x * grad is zero wherever x is.
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def draw(shape: str, size: int, cx, cy, radius, angle) -> torch.Tensor:
 def interp_matrix(n_out: int, n_in: int) -> torch.Tensor:
     """[n_out, n_in] bilinear (align_corners=False, edge-clamped) interpolation matrix: A @ x upsamples.
 
-    Separable matrices replace F.interpolate, which MEASURED.md found to be the generator's bottleneck.
+    Separable matrices replace F.interpolate, which a prototype found to be (docs/measured.md#not-measured-by-bench) the generator's bottleneck.
     """
     src = (torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5
     src = src.clamp(0, n_in - 1)

@@ -1,6 +1,6 @@
 """The ``shapes`` and ``spurious`` worlds: one solid shape per image on a textured background.
 
-Made trainable in about a minute (MEASURED.md): radius 25-37.5% of the image (8-12 px at 32 px),
+Made trainable in about a minute (docs/measured.md#zoo-training): radius 25-37.5% of the image (8-12 px at 32 px),
 rotation within +-20 degrees, mild backgrounds (base colour +- 0.25) and object contrast >= 0.4
 against the background's base colour; no near-duplicate shapes (no hexagon or ellipse).
 """

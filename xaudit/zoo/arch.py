@@ -3,7 +3,7 @@
 Every architecture
 - takes images float32 [N, C, H, W] in [0, 1] (normalization is the model's first module),
 - declares ``blocks``: names of its parameterized blocks ordered from the output to the input
-  (the order of cascading randomization, PROTOCOLS.md section 1),
+  (the order of cascading randomization, docs/protocols.md#12-model-and-block-order),
 - declares ``last_conv``: the module Grad-CAM hooks, the last conv layer's rectified output (None where
   there is no convolution),
 - uses one ``nn.ReLU`` / ``nn.MaxPool2d`` module per use (never functional, never in place), so that
@@ -51,7 +51,7 @@ def _check_input(channels: int, size: int, num_classes: int) -> None:
 
 
 class CNN(nn.Module):
-    """The sanity-checks CNN (PROTOCOLS.md section 1): conv5x5x32-ReLU-maxpool2, conv5x5x64-ReLU-maxpool2,
+    """The sanity-checks CNN (docs/protocols.md#12-model-and-block-order): conv5x5x32-ReLU-maxpool2, conv5x5x64-ReLU-maxpool2,
     fc(hidden)-ReLU, fc(num_classes). 'Same' padding, so the flattened size is 64 * (size/4)^2."""
 
     blocks = ("fc2", "fc1", "conv2", "conv1")

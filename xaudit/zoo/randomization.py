@@ -1,4 +1,4 @@
-"""Model-level bug: re-initialized blocks (model-parameter randomization, PROTOCOLS.md section 1).
+"""Model-level bug: re-initialized blocks (model-parameter randomization, docs/protocols.md#13-cascading-and-independent-randomization).
 
     >>> from xaudit.zoo import randomize, randomization_stages
     >>> rnd = randomize(model, ["fc2", "fc1"], mode="cascading", generator=torch_generator)

@@ -5,7 +5,7 @@ function of its index (so data never depends on batching); the model is built on
 initialized from an explicit generator; shuffling, noise augmentation and PGD random starts each
 draw from their own explicit generator, all derived from the spec's seed; a fixed thread count
 (``XAUDIT_THREADS``, default 2) and ``torch.use_deterministic_algorithms`` while training. Data is
-generated in memory (no DataLoader workers); channels_last memory format (MEASURED.md: faster on CPU).
+generated in memory (no DataLoader workers); channels_last memory format (faster on CPU: docs/measured.md#not-measured-by-bench).
 """
 from __future__ import annotations
 
