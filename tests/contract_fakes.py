@@ -154,3 +154,22 @@ class Artifact(Check):
 
 def canonical(obj) -> str:
     return canonical_json(obj)
+
+
+@_register
+class Variants(Check):
+    """Asks the zoo for the group on another world, in another architecture, and poisoned at a rate
+    given as a parameter (a spec mapping built from check parameters)."""
+    name = "toy_variants"
+    defaults = {"poison_rate": 0.05, "other_world": {"world": "digits"}, "arch": "vgg"}
+
+    def models(self, params, model_group, seed, world):
+        patch = {"kind": "patch", "name": "corner", "pattern": "checker", "size_px": 5, "location": "fixed",
+                 "target_class": 0, "poison_rate": params["poison_rate"]}
+        return [ModelRef(model_group, seed),
+                ModelRef(model_group, seed, world=params["other_world"]),
+                ModelRef({"base": model_group, "arch": {"name": params["arch"]}}, seed),
+                ModelRef({"base": model_group, "bugs": [patch]}, seed)]
+
+    def run(self, ctx):
+        return []

@@ -200,3 +200,36 @@ def test_check_metadata_is_recorded_for_the_report(tmp_path):
     assert snap["verdict_key"] == ["metric", "trojan"] and snap["scorecard_metric"] == "l1"
     assert snap["method_kinds"] == ["attribution"]
     json.dumps(snap)
+
+
+def test_the_zoo_resolves_other_worlds_architectures_and_parameter_variants():
+    """With the real zoo source (planning only, nothing is trained): each reference becomes the zoo
+    spec it names, on its own world."""
+    from xaudit import world
+    from xaudit.zoo.spec import load_spec
+
+    p = preset(checks={"toy_variants": {"params": {"poison_rate": 0.01}}})
+    plan = build_plan(load_preset(p))
+    (cell,) = plan.cells
+    own, other, arch, poisoned = (plan.models[k] for _, _, k in cell.models)
+    spec = {m.key: load_spec(m.spec, seed=m.seed) if not isinstance(m.spec, str) else load_spec(m.spec, seed=m.seed)
+            for m in (own, other, arch, poisoned)}
+    assert spec[own.key].world_config == world.get("shapes", size=32).config()
+    assert spec[other.key].world_config == world.get("digits").config()
+    assert spec[other.key].arch["name"] == spec[own.key].arch["name"] == "cnn"
+    assert spec[arch.key].arch["name"] == "vgg" and spec[arch.key].world_config == spec[own.key].world_config
+    (bug,) = spec[poisoned.key].bugs
+    assert bug["poison_rate"] == 0.01 and bug["location"] == "fixed"
+    assert len({own.key, other.key, arch.key, poisoned.key}) == 4
+    # another poison rate is another model, and so another cell
+    p2 = preset(checks={"toy_variants": {"params": {"poison_rate": 0.3}}})
+    (cell2,) = build_plan(load_preset(p2)).cells
+    assert cell2.models[3][2] != poisoned.key and cell2.models[:3] == cell.models[:3] and cell2.key != cell.key
+
+
+def test_a_bad_variant_is_refused_at_plan_time_naming_the_check():
+    from xaudit.core.errors import ConfigError
+
+    p = preset(checks={"toy_variants": {"params": {"poison_rate": 1.5}}})
+    with pytest.raises(ConfigError, match=r"^checks\.toy_variants\.models\[.*poison_rate"):
+        build_plan(load_preset(p))

@@ -327,6 +327,29 @@ def test_retrain_reference_uses_two_distinct_seeds():
     assert {r["reference_seed"] for r in rows} == {5}
 
 
+def test_without_the_retrain_reference_the_verdict_uses_tau_alone():
+    from xaudit.checks.sanity import VERDICT_RULE_NO_REFERENCE
+
+    check = CascadingRandomization()
+    assert check.models({"retrain_reference": False}, "clean", 4) == [ModelRef("clean", 4)]
+    zoo = Zoo()
+    rows = check.run(context(check.name, params={"retrain_reference": False}, zoo=zoo, seed=4))
+    assert set(zoo.requests) == {("clean", 4)}                  # no second training seed is asked for
+    assert not by(rows, series="retrain_reference") and len(by(rows, series="calibration")) == 5
+    with_ref = check.run(context(check.name, zoo=Zoo(), seed=4))
+    verdicts = by(rows, series="verdict")
+    assert len(verdicts) == 5
+    for v in verdicts:
+        assert v["rule"] == VERDICT_RULE_NO_REFERENCE and v["diff"] is None and v["reference_seed"] is None
+        expected = ("fail" if v["ci_low"] > v["tau"] else "pass" if v["ci_high"] < v["tau"] else "inconclusive")
+        assert v["verdict"] == expected
+        # the stage's similarity itself does not depend on whether the reference was measured
+        (w,) = by(with_ref, series="verdict", metric=v["metric"])
+        assert v["value"] == pytest.approx(w["value"], abs=1e-12)
+    with pytest.raises(ConfigError, match="retrain_reference"):
+        check.run(context(check.name, params={"retrain_reference": "no"}))
+
+
 def test_randomizing_the_top_layer_changes_gradient_maps():
     zoo = Zoo()
     rows = CascadingRandomization().run(context("cascading_randomization", "saliency", zoo=zoo))

@@ -115,7 +115,7 @@ def zoo_list(
 # ---------------------------------------------------------------- explain (owner: explain stage)
 @app.command("methods")
 def methods(as_json: bool = typer.Option(False, "--json")):
-    """List every explanation method and baseline with its family and parameters."""
+    """List every explanation method and baseline with its kind (attribution or synthesis), family and parameters."""
     from xaudit.explain import describe
 
     rows = describe()
@@ -124,7 +124,8 @@ def methods(as_json: bool = typer.Option(False, "--json")):
     else:
         for r in rows:
             params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
-            typer.echo(f"{r['name']:<24} {r['family']:<18} {'stochastic' if r['stochastic'] else '':<11} {params}")
+            typer.echo(f"{r['name']:<24} {r['kind']:<12} {r['family']:<18} {'stochastic' if r['stochastic'] else '':<11} "
+                       f"{params}")
 
 
 # ---------------------------------------------------------------- checks (owner: checks stage)
@@ -138,7 +139,9 @@ def checks(as_json: bool = typer.Option(False, "--json")):
         _print_json(rows)
     else:
         for r in rows:
-            typer.echo(f"{r['name']:<28} {r['kind']:<11} {r['description'].splitlines()[0] if r['description'] else ''}")
+            kinds = "+".join(r["method_kinds"])
+            typer.echo(f"{r['name']:<28} {r['kind']:<11} {kinds:<12} "
+                       f"{r['description'].splitlines()[0] if r['description'] else ''}")
 
 
 # ---------------------------------------------------------------- run / results / report (owner: run stage)

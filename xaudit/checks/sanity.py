@@ -66,7 +66,8 @@ METRICS_NOTE = (" Metrics per image: Spearman of abs maps and of signed maps (re
                 "backgrounds input-times-gradient methods tie on abs maps), SSIM of 0-1 maps, HOG similarity; "
                 "edge_similarity is the tested map's Spearman with the Sobel edge map (same rule: failing means "
                 "the maps stay edge maps). The retrain reference (same spec, another seed) and a random-map "
-                "calibration are measured on the same images.")
+                "calibration are measured on the same images; with retrain_reference: false (a model without a "
+                "second training seed) the verdict uses tau alone, read beside the calibration.")
 NOTES = {"retrain_reference": "original map vs the map of the same spec trained with seed + reference_seed_offset",
          "calibration": "original map vs the `random` baseline's map (uniform noise): about 0"}
 

@@ -235,7 +235,14 @@ class _Resolver:
         explicit = named and went is not None and ref.spec in went.specs
         memo = canonical_json([spec_ref, int(ref.seed), wcfg])
         if memo not in self.resolved:
-            self.resolved[memo] = self.src.resolve(spec_ref, int(ref.seed), wcfg, explicit=explicit, group=ref.group)
+            try:
+                self.resolved[memo] = self.src.resolve(spec_ref, int(ref.seed), wcfg, explicit=explicit,
+                                                       group=ref.group)
+            except ConfigError as e:
+                if named and ref.world is None:     # the preset's own group: the source names the field
+                    raise
+                raise ConfigError(f"{where}[{ref.alias}@{ref.seed}].{e.field}",
+                                  str(e).split(": ", 1)[-1]) from None
         rm = self.resolved[memo]
         return (ref.alias, int(ref.seed), rm.key), rm
 
