@@ -9,6 +9,11 @@ module's forward and the backward from its output to its input), and everything 
     .venv/bin/python bench/run.py                      # default preset, cold then warm
     .venv/bin/python bench/run.py --preset smoke       # quick
     .venv/bin/python bench/run.py --workers 2 --phases warm
+    .venv/bin/python bench/run.py --phases warm --against 0b0fb09 --repeats 2 --cache ~/.cache/xaudit
+
+``--against REF`` runs each phase also with the code of git commit REF (a temporary worktree, with
+this checkout's compiled kernels), alternating new and old ``--repeats`` times on the same model
+cache, and records the ratio new / old of the median wall times: a side-by-side comparison in one run.
 
 Writes bench/results/run.json (or --out).
 """
@@ -76,13 +81,15 @@ class TreeMemory(threading.Thread):
             time.sleep(self.every)
 
 
-def run_phase(preset_file: Path, out: Path, cache: Path, workers: int | None) -> dict:
+def run_phase(preset_file: Path, out: Path, cache: Path, workers: int | None, root: Path = ROOT) -> dict:
+    """One ``xaudit run`` with the code in ``root`` (this checkout, or a worktree of another commit)."""
     cmd = [sys.executable, "-m", "xaudit.cli", "run", str(preset_file), "--out", str(out), "--cache", str(cache)]
     if workers:
         cmd += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     mem = TreeMemory(proc.pid)
     mem.start()
     stdout, stderr = proc.communicate()
@@ -148,6 +155,8 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="model cache for the warm phase when cold is skipped")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "run.json"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directories and cache")
+    ap.add_argument("--against", default=None, help="a git commit to run each phase with too, alternating")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each phase (and of --against's)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -164,16 +173,38 @@ def main() -> None:
     results: dict = {"preset": preset.name, "phases": {}, "machine": {
         "python": platform.python_version(), "cores": len(os.sched_getaffinity(0)),
         "loadavg_before": os.getloadavg()}}
+    roots = {"new": ROOT}
+    if args.against:
+        roots["old"] = _worktree(args.against, tmp / "against")
+        results["against"] = {"commit": args.against, "resolved": _git("rev-parse", args.against).strip(),
+                              "new_commit": _git("rev-parse", "HEAD").strip()}
     try:
         for phase in phases:
-            print(f"== {phase}: xaudit run {preset.name}", flush=True)
-            r = run_phase(pfile, tmp / phase, cache, args.workers)
-            r["loadavg_after"] = os.getloadavg()
-            results["phases"][phase] = r
-            print(json.dumps({k: v for k, v in r.items() if k not in ("slowest_cells", "per_method_cell_s_and_pass_s",
-                                                                         "failures")},
-                             indent=1), flush=True)
+            runs: dict[str, list[dict]] = {k: [] for k in roots}
+            for i in range(max(1, args.repeats)):
+                for which, root in roots.items():       # alternate: the machine's drift hits both alike
+                    print(f"== {phase} ({which}, {i + 1}/{args.repeats}): xaudit run {preset.name}", flush=True)
+                    out_dir = tmp / f"{phase}-{which}-{i}"
+                    r = run_phase(pfile, out_dir, cache, args.workers, root)
+                    r["loadavg_after"] = os.getloadavg()
+                    runs[which].append(r)
+                    print(json.dumps({k: v for k, v in r.items()
+                                      if k not in ("slowest_cells", "per_method_cell_s_and_pass_s", "failures")},
+                                     indent=1), flush=True)
+                    if phase == "cold" and not args.keep:
+                        shutil.rmtree(out_dir, ignore_errors=True)
+            results["phases"][phase] = runs["new"][-1] if args.repeats == 1 else {
+                "runs": runs["new"], "median_wall_s": _median([r["wall_s"] for r in runs["new"]])}
+            if "old" in runs:
+                new_w = _median([r["wall_s"] for r in runs["new"]])
+                old_w = _median([r["wall_s"] for r in runs["old"]])
+                results["against"][phase] = {"old_runs": runs["old"], "new_wall_s": [r["wall_s"] for r in runs["new"]],
+                                             "old_wall_s": [r["wall_s"] for r in runs["old"]],
+                                             "ratio_new_over_old_median_wall": round(new_w / old_w, 3)}
+                print(f"== {phase}: new/old median wall {new_w:.1f} / {old_w:.1f} s = {new_w / old_w:.3f}", flush=True)
     finally:
+        if args.against:
+            _git("worktree", "remove", "--force", str(tmp / "against"), check=False)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -182,6 +213,23 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def _git(*args: str, check: bool = True) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=check).stdout
+
+
+def _worktree(ref: str, where: Path) -> Path:
+    """A worktree of ``ref`` with this checkout's compiled kernels (the same C code, so both runs use them)."""
+    _git("worktree", "add", "--detach", str(where), ref)
+    for so in (ROOT / "xaudit" / "metrics").glob("_kernels*.so"):
+        shutil.copy2(so, where / "xaudit" / "metrics" / so.name)
+    return where
 
 
 if __name__ == "__main__":

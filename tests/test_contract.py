@@ -21,10 +21,17 @@ SOURCE = "contract_fakes:ContractSource"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _unregister_toy_method():
+def _unregister_toys():
+    """The toy checks and method leave the registries with this module: other modules plan
+    ``checks: all`` and count the registered methods."""
     yield
+    from xaudit.checks import CHECKS
+
     if "toy_synth" in explain.names():
-        explain.unregister("toy_synth")    # other modules count the registered methods
+        explain.unregister("toy_synth")
+    for name in [n for n in CHECKS.names() if n.startswith("toy_")]:
+        del CHECKS._items[name]
+        CHECKS._meta.pop(name, None)
 
 
 def preset(**kw):
