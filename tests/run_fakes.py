@@ -59,6 +59,34 @@ class FakeScore(Check):
         return rows
 
 
+def pass_gate(gate: str | Path) -> None:
+    """Block until the test lets this cell through: take one ticket file ``gate/ticket-*`` (renaming
+    is atomic, so each ticket admits exactly one cell, whichever worker runs it), or pass freely once
+    ``gate/open`` exists. Lets a test know exactly which cells are done and which are still running."""
+    gate = Path(gate)
+    while not (gate / "open").exists():
+        for t in sorted(gate.glob("ticket-*")):
+            try:
+                t.rename(gate / f"used-{t.name}")
+                return
+            except FileNotFoundError:       # another worker took it first
+                continue
+        time.sleep(0.01)
+
+
+@_register
+class FakeGated(FakeScore):
+    """FakeScore whose cells wait at a gate (a directory, see :func:`pass_gate`) that the test opens."""
+    name = "fake_gated"
+    defaults = {**FakeScore.defaults, "gate": None}
+
+    def run(self, ctx):
+        if ctx.params["gate"]:
+            _log("gate", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed)
+            pass_gate(ctx.params["gate"])
+        return super().run(ctx)
+
+
 @_register
 class FakeFail(Check):
     """Raises for the method named in `bad_method`, scores the others."""

@@ -6,6 +6,7 @@ plugin); they log every cell they run to $XAUDIT_TEST_LOG so recomputation is co
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -432,25 +433,46 @@ def test_scheduler_keeps_a_method_on_one_worker():
 
 
 # ------------------------------------------------------------------------------------------ kill and resume
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT to its default, so Python installs its KeyboardInterrupt
+    handler. An ignored SIGINT is inherited (pytest under nohup, `make test &`, some CI runners) and
+    Python then never raises KeyboardInterrupt: a Ctrl-C test would see the run finish with exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, env, cwd):
     return subprocess.Popen([sys.executable, "-m", "xaudit.cli", "run", *args], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_at_a_terminal)
 
 
-def _wait_done(db: Path, n: int, proc, timeout=90.0) -> int:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+def _catches_sigint(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGINT handler installed (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return False
+
+
+def _cell_counts(db: Path) -> dict[str, int]:
+    """Cells per status in the store ({} before the store has its tables)."""
+    if not db.exists():
+        return {}
+    try:
+        return dict(table(db, "SELECT status, count(*) FROM cells GROUP BY status"))
+    except sqlite3.OperationalError:
+        return {}
+
+
+def _wait_for(what: str, cond, proc, timeout=120.0) -> None:
+    """Poll until ``cond()`` holds; fail if the run exits first. The timeout only catches a hang."""
+    deadline = time.monotonic() + timeout
+    while not cond():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before the kill: {proc.communicate()}")
-        if db.exists():
-            try:
-                done = table(db, "SELECT count(*) FROM cells WHERE status = 'done'")[0][0]
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= n:
-                return done
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for cells")
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -464,42 +486,84 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log):
-    preset = fake_preset(checks={"fake_score": {"params": {"sleep": 0.3}}}, seeds=[0, 1, 2, 3])   # 12 cells
+def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log, request):
+    # every cell waits at a gate until the test hands out a ticket: at each signal exactly the
+    # admitted cells are done, two more are provably running (held at the gate), the rest pending
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    tickets = itertools.count()
+
+    def admit(n: int) -> None:
+        for _ in range(n):
+            (gate / f"ticket-{next(tickets):03d}").touch()
+
+    preset = fake_preset(checks={"fake_gated": {"params": {"gate": str(gate)}}}, seeds=[0, 1, 2, 3])   # 12 cells
     pfile = tmp_path / "fake.yaml"
     pfile.write_text(yaml.safe_dump(preset))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "XAUDIT_TEST_LOG": os.environ["XAUDIT_TEST_LOG"]}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+           "XAUDIT_TEST_LOG": os.environ["XAUDIT_TEST_LOG"]}
     out = tmp_path / "killed"
     db = out / "results.sqlite"
     args = [str(pfile), "--out", str(out), "--workers", "2"]
+    runs: list[subprocess.Popen] = []
 
-    # 1) Ctrl-C (SIGINT to the parent): clean stop, exit 130, finished cells kept
-    p = _cli(args, env, tmp_path)
-    _wait_done(db, 2, p)
+    def start(a: list[str]) -> subprocess.Popen:
+        runs.append(_cli(a, env, tmp_path))
+        return runs[-1]
+
+    def cleanup() -> None:                                     # on a failure: leave nothing waiting
+        (gate / "open").touch()
+        for r in runs:
+            if r.poll() is None:
+                r.kill()
+                r.communicate()
+    request.addfinalizer(cleanup)
+
+    def held(done: int, dispatched: int):
+        """`done` cells done, two running at the gate, `dispatched` gate arrivals in the log so far."""
+        return lambda: (_cell_counts(db).get("done") == done and _cell_counts(db).get("running") == 2
+                        and len(log("gate")) == dispatched)
+
+    # 1) Ctrl-C (SIGINT to the parent): clean stop within seconds, exit 130, finished cells kept
+    p = start(args)
+    admit(2)
+    _wait_for("2 cells done and 2 held at the gate", held(2, 4), p)
+    assert _catches_sigint(p.pid), "the run has no SIGINT handler: a Ctrl-C could not stop it"
+    busy = {r["pid"] for r in log("gate")}                  # the two workers, both inside a cell
+    t_signal = time.monotonic()
     p.send_signal(signal.SIGINT)
+    while any(_alive(w) for w in busy) and time.monotonic() - t_signal < 10:
+        time.sleep(0.01)
+    workers_s = time.monotonic() - t_signal
+    # generous bounds (about 0.1 s and 1.5 s here): the cells stop at once, the process soon after
+    # (the interrupted run's report and the interpreter's exit)
+    assert workers_s < 2.0, f"the cells ran on for {workers_s:.1f} s after SIGINT"
     _, err = p.communicate(timeout=30)
-    assert p.returncode == 130 and "run the same command again to resume" in err
+    exit_s = time.monotonic() - t_signal
+    assert p.returncode == 130 and "run the same command again to resume" in err, (p.returncode, err)
+    assert exit_s < 15.0, f"the run took {exit_s:.1f} s to exit after SIGINT"
     assert table(db, "SELECT status FROM run") == [("interrupted",)]
-    assert table(db, "SELECT count(*) FROM cells WHERE status = 'running'") == [(0,)]
+    assert _cell_counts(db) == {"done": 2, "pending": 10}                 # the two at the gate: pending again
     done1 = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
 
     # 2) kill -9 mid-run: workers die with the parent, finished cells stay
-    p = _cli(args, env, tmp_path)
-    _wait_done(db, len(done1) + 2, p)
+    p = start(args)
+    admit(2)
+    _wait_for("2 more cells done and 2 held at the gate", held(4, 8), p)
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=30)
     done2 = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
-    assert done1 < done2 and len(done2) < 12
+    assert done1 < done2 and len(done2) == 4
     attempts2 = dict(table(db, "SELECT key, attempts FROM cells"))
     key_of = {(c["method"], c["seed"]): c["key"] for c in Store.open(out, readonly=True).cells()}
 
     def runs_of() -> dict[str, int]:
-        """How often each cell really started, from the cells' own log (independent of the store)."""
+        """How often each cell was started in a worker, from the cells' own log (independent of the store)."""
         n = {k: 0 for k in key_of.values()}
-        for r in log("cell"):
+        for r in log("gate"):
             n[key_of[(r["method"], r["seed"])]] += 1
         return n
-    workers = {r["pid"] for r in log("cell")}
+    workers = {r["pid"] for r in log("gate")}
     deadline = time.monotonic() + 10
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -507,11 +571,13 @@ def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log
     runs2 = runs_of()
     assert all(runs2[k] == 1 for k in done1)                 # done at the SIGINT: never started again
 
-    # 3) the same command again (one worker this time: no process start-up): only the unfinished cells run
-    p = _cli(args[:-1] + ["1"], env, tmp_path)
+    # 3) the same command again (one worker this time: no process start-up), the gate open: only the
+    # unfinished cells run
+    (gate / "open").touch()
+    p = start(args[:-1] + ["1"])
     stdout, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    assert "report: " in stdout and "fake_score" in stdout
+    assert "report: " in stdout and "fake_gated" in stdout
     assert table(db, "SELECT count(*) FROM cells WHERE status = 'done'") == [(12,)]
     attempts3 = dict(table(db, "SELECT key, attempts FROM cells"))
     runs3 = runs_of()
@@ -531,8 +597,7 @@ def test_sigint_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, log
 # ------------------------------------------------------------------------------------------ smoke
 def test_smoke_preset_end_to_end(tmp_path):
     from xaudit.checks import CHECKS
-    if "cascading_randomization" not in CHECKS:
-        pytest.skip("the smoke preset needs the cascading_randomization check, which is not registered yet")
+    assert "cascading_randomization" in CHECKS, "the smoke preset's check is not registered"
     res = xrun.run("smoke", out=tmp_path / "smoke", progress=False)
     s = res.summary
     assert s.failed == 0 and s.done == s.cells == 2
