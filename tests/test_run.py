@@ -603,7 +603,7 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert s.failed == 0 and s.done == s.cells == 2
     rows = Store.open(res.run_dir, readonly=True).rows()
     assert {r["method"] for r in rows} == {"saliency", "grad_cam"}
-    assert all(r["check"] == "cascading_randomization" and r["world"] == "shapes" for r in rows)
+    assert all(r["check"] == "cascading_randomization" and r["world"] == "shapes@32" for r in rows)
     assert any(r["verdict"] is not None for r in rows)
     html = res.report.read_text()
     assert "cascading_randomization" in html and "data:image/png;base64," in html
