@@ -15,7 +15,9 @@ from typing import Any
 
 from xaudit.report import figures as figs
 from xaudit.checks.base import verdict_id, verdict_label
-from xaudit.report.scorecard import VERDICT_STYLE, Entry, Scorecard, check_meta, scorecard, verdict_key_of
+from xaudit.report.scorecard import (VERDICT_STYLE, Entry, Scorecard, check_meta, registered_check, scorecard,
+                                     verdict_key_of)
+from xaudit.run.execute import artifact_dir
 from xaudit.run.store import Store, find_db
 
 REPORT_NAME = "report.html"
@@ -98,7 +100,7 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
     # the artifact folders of the active, done cells, per check: figures never see a stale cell's files
     artifacts: dict[str, list[Path]] = {}
     for cell in store.cells(active_only=True):
-        d = run_dir / "artifacts" / cell["key"][:16]
+        d = artifact_dir(run_dir / "artifacts", cell["key"])
         if cell["status"] == "done" and d.is_dir():
             artifacts.setdefault(cell["check_name"], []).append(d)
     out = []
@@ -125,10 +127,10 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
         images: list[tuple[str, bytes]] = []
         notes: list[str] = []
         own = None
-        check = _registered_check(c)
-        if check is not None:
+        cls = registered_check(c)
+        if cls is not None:
             try:
-                own = check.figures(crow, artifacts.get(c, []))
+                own = cls().figures(crow, artifacts.get(c, []))
             except Exception as e:   # a figure must never lose the report
                 notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
         base = tuple(sc.baselines)
@@ -188,16 +190,6 @@ def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = 
             out.append(f"<tr><th>{_e(m)}</th>{''.join(tds)}</tr>")
         out.append("</table>")
     return "".join(out)
-
-
-def _registered_check(check: str):
-    """An instance of the registered check, or None (a store read where its plugin is not importable)."""
-    try:
-        from xaudit.checks import CHECKS
-
-        return CHECKS.get(check)()
-    except Exception:
-        return None
 
 
 def _models_html(models: list[dict]) -> str:

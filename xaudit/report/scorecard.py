@@ -113,23 +113,18 @@ def method_families(store: Store) -> dict[str, str]:
 
 
 def check_meta(store: Store, runs: list[dict] | None = None) -> dict[str, dict[str, Any]]:
-    """Check name -> its metadata as the runs recorded it (the latest run wins), with the contract
-    hooks the report keys by (``verdict_key``, ``scorecard_metric``) filled in from the registry for
-    stores written before they were recorded."""
+    """Check name -> its metadata as the runs recorded it (:func:`xaudit.checks.describe`; the latest
+    run wins)."""
     info: dict[str, dict[str, Any]] = {}
     for r in store.runs() if runs is None else runs:
         for c in r.get("checks") or []:
             if isinstance(c, dict) and "name" in c:
                 info[c["name"]] = dict(c)
-    for name, c in info.items():
-        if "verdict_key" not in c or "scorecard_metric" not in c:
-            cls = _registered(name)
-            c.setdefault("verdict_key", list(getattr(cls, "verdict_key", ("metric",))))
-            c.setdefault("scorecard_metric", getattr(cls, "scorecard_metric", None))
     return info
 
 
-def _registered(check: str):
+def registered_check(check: str):
+    """The registered check class, or None (a store read where the check's plugin is not importable)."""
     try:
         from xaudit.checks import CHECKS
 
@@ -138,12 +133,16 @@ def _registered(check: str):
         return None
 
 
+def _hook(meta: dict[str, dict[str, Any]], check: str, hook: str, default: Any) -> Any:
+    """A contract hook's value as the run recorded it, else as the registered check declares it
+    (stores written before the hook was recorded), else its default."""
+    recorded = meta.get(check) or {}
+    return recorded[hook] if hook in recorded else getattr(registered_check(check), hook, default)
+
+
 def verdict_key_of(meta: dict[str, dict[str, Any]], check: str) -> tuple[str, ...]:
     """The row columns that identify one verdict of ``check`` (``("metric",)`` unless it declares more)."""
-    key = (meta.get(check) or {}).get("verdict_key")
-    if key is None:
-        key = getattr(_registered(check), "verdict_key", ("metric",))
-    return tuple(key) or ("metric",)
+    return tuple(_hook(meta, check, "verdict_key", None) or ("metric",))
 
 
 def scorecard(store: Store) -> Scorecard:
@@ -167,7 +166,7 @@ def scorecard(store: Store) -> Scorecard:
     for r in rows:
         if r["verdict"] is not None:
             by_cell.setdefault(r["cell"], []).append(r)
-    headline = {c: (meta.get(c) or {}).get("scorecard_metric", scorecard_metric(c)) for c in checks}
+    headline = {c: _hook(meta, c, "scorecard_metric", None) for c in checks}
     for c in cells:
         key = (c["method"], c["check_name"])
         vrows = by_cell.get(c["key"])
@@ -184,12 +183,7 @@ def scorecard(store: Store) -> Scorecard:
 
 def scorecard_metric(check: str) -> str | None:
     """The metric whose verdict a check puts on the scorecard (``Check.scorecard_metric``), if declared."""
-    try:
-        from xaudit.checks import CHECKS
-
-        return getattr(CHECKS.get(check), "scorecard_metric", None)
-    except Exception:
-        return None
+    return getattr(registered_check(check), "scorecard_metric", None)
 
 
 def headline_entry(vrows: list[dict], metric: str | None, verdict_key: tuple[str, ...] = ("metric",)) -> Entry:

@@ -283,7 +283,7 @@ class LocalExecutor:
                     elif kind == "start":
                         (sink.model_started if msg[2] == "model" else sink.cell_started)(msg[3], f"w{wid}")
                     elif kind == "result":
-                        task, res = current[wid], msg[4]
+                        res = msg[4]
                         current[wid] = None
                         held[wid] = set(res.held)      # exactly what the worker holds now
                         if msg[2] == "model":

@@ -40,7 +40,6 @@ class WorkerConfig:
     threads: int = 1                   # torch intra-op threads for cell tasks
     plugins: tuple[str, ...] = ()      # modules to import first (they register checks/methods)
     profile: bool = False              # time forward/backward passes of the models inside cells
-    artifacts: bool = True             # give cells a scratch folder for artifacts (returned with the rows)
     max_models: int = MAX_LOADED_MODELS   # models kept loaded: at least the largest set one cell uses
 
 
@@ -233,7 +232,7 @@ class WorkerState:
                 used[k] = (model, self.loaded[k][2])
             return model, card
 
-        artifacts = Path(tempfile.mkdtemp(prefix=f"xaudit-cell-{task.key[:12]}-")) if self.config.artifacts else None
+        artifacts = Path(tempfile.mkdtemp(prefix=f"xaudit-cell-{task.key[:12]}-"))   # returned with the rows
         t_model0 = self.timer.seconds if self.timer else 0.0
         t0 = time.perf_counter()
         try:
@@ -243,7 +242,7 @@ class WorkerState:
             ctx = CheckContext(check=task.check, method=task.method, method_params=dict(task.method_params),
                                model_group=task.model_group, world=dict(task.world), seed=task.seed,
                                params=dict(task.params), load_model=load_model, device=self.device,
-                               artifacts_dir=str(artifacts) if artifacts else None, world_label=task.world_label,
+                               artifacts_dir=str(artifacts), world_label=task.world_label,
                                method_kind=task.method_kind)
             rows = check.run(ctx)
             rows = _clean_rows(task, rows)
@@ -255,8 +254,7 @@ class WorkerState:
         except Exception as e:
             rows, files, status, error, trace = [], {}, "failed", f"{type(e).__name__}: {e}", tb_mod.format_exc()
         finally:
-            if artifacts is not None:
-                shutil.rmtree(artifacts, ignore_errors=True)
+            shutil.rmtree(artifacts, ignore_errors=True)
         seconds = time.perf_counter() - t0
         return CellResult(task.key, status, rows=rows, seconds=seconds,
                           model_seconds=(self.timer.seconds - t_model0) if self.timer else None,
@@ -275,10 +273,8 @@ class WorkerState:
                 model.eval()
 
 
-def _collect(root: Path | None) -> dict[str, bytes]:
+def _collect(root: Path) -> dict[str, bytes]:
     """The files a cell wrote under ``root``: relative POSIX path -> bytes."""
-    if root is None or not root.is_dir():
-        return {}
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
