@@ -210,7 +210,7 @@ def method_rows(names: list[str]) -> dict[str, dict[str, Any]]:
 class _Resolver:
     """Resolves a check's ModelRefs to the plan's models, each on its own world (memoized)."""
 
-    def __init__(self, preset: Preset, src: ModelSource, worlds: list[tuple[WorldEntry, dict[str, Any]]]):
+    def __init__(self, src: ModelSource, worlds: list[tuple[WorldEntry, dict[str, Any]]]):
         self.src, self.worlds = src, worlds
         self.resolved: dict[str, ResolvedModel] = {}
         self.world_cfgs: dict[str, dict[str, Any]] = {}
@@ -271,7 +271,7 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     cells: list[Cell] = []
     models: dict[str, ResolvedModel] = {}
     worlds = [(w, world_config(w, i)) for i, w in enumerate(preset.worlds)]
-    resolver = _Resolver(preset, src, worlds)
+    resolver = _Resolver(src, worlds)
     for wentry, wcfg in worlds:
         wlabel = world_label(wcfg)
         for cname, params, groups in check_list:
