@@ -281,3 +281,16 @@ def test_world_show_writes_png(tmp_path):
     out = show("shapes", bugs=["patch:pattern=checker,size_px=5,target_class=1,poison_rate=0.5"], n=6,
                out=tmp_path / "g.png")
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bug_without_a_criterion_never_claims_it_took():
+    from xaudit.world.bugs import Bug
+
+    class Quiet(Bug):
+        kind = "quiet"
+
+        def params(self):
+            return {"kind": self.kind}
+
+    (c,) = Quiet("q").took(None)
+    assert c["took"] is False and c["value"] is None and "declares no" in c["criterion"]

@@ -112,8 +112,11 @@ class Bug:
     def took(self, evidence: Evidence) -> list[dict[str, Any]]:
         """This bug's "did it take" criteria for the model behind ``evidence`` (entries built by
         :func:`criterion`); may add the values it measured to ``evidence.metrics``. A criterion
-        without evidence (nothing to measure it on) must report took False, value None."""
-        return [criterion(self.name, self.kind, "none", None, None, True, f"no criterion defined for {self.kind!r}")]
+        without evidence (nothing to measure it on) must report took False, value None. A bug that
+        declares no criterion has no evidence that it took: the default reports took False."""
+        return [criterion(self.name, self.kind, "none", None, None, False,
+                          f"no evidence: {type(self).__name__} declares no 'did it take' criterion "
+                          "(override Bug.took)")]
 
     # -- helpers
     def _seed(self, split_seed: int) -> int:
