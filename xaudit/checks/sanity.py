@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 import numpy as np
 import torch
 
-from xaudit.checks.base import Check, CheckContext, ModelRef, row
+from xaudit.checks.base import VERDICTS, Check, CheckContext, ModelRef, row  # noqa: F401  (VERDICTS: re-exported)
 from xaudit.checks.toolkit import (Maps, Similarity, as_nan, bootstrap_mean_cis, check_int, explain_maps,
                                    finite_or_none, load_images, post_process, predict, stream_seed)
 from xaudit.core import rng
@@ -53,7 +53,6 @@ from xaudit.core.errors import ConfigError, check_choice, check_range
 METRICS = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
 TARGETS = ("current", "original", "label")  # which logit each model explains
 SERIES = ("stage", "retrain_reference", "calibration", "verdict", "failures")
-VERDICTS = ("pass", "fail", "inconclusive")
 
 VERDICT_RULE = ("fail if CI_low(similarity at the verdict stage) > tau; pass if CI_high(similarity) < tau and "
                 "CI_high(similarity - retrain reference, paired per image) < 0; else inconclusive")

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from xaudit.core.canon import canonical_json   # compact and sorted, as SQLite's json() compares
+
 # the row contract of xaudit.checks.base.ROW_COLUMNS, repeated here so reading a store needs no torch
 # (a test asserts they are equal)
 ROW_COLUMNS = ("check", "method", "model", "world", "seed", "metric", "value",
@@ -72,11 +74,6 @@ CREATE VIEW IF NOT EXISTS results AS
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_default, allow_nan=True)
-
-
-def _canonical(obj: Any) -> str:
-    """Compact JSON with sorted keys, the form SQLite's json() gives."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
 
 
 def _default(o: Any) -> Any:
@@ -220,7 +217,7 @@ class Store:
                 self.con.execute(
                     "UPDATE cells SET active = 0 WHERE check_name = ? AND method = ? AND model_group = ? "
                     "AND seed = ? AND key != ? AND json_extract(config, '$.world') = json(?)",
-                    (c.check, c.method, c.model_group, c.seed, c.key, _canonical(c.world)))
+                    (c.check, c.method, c.model_group, c.seed, c.key, canonical_json(c.world)))
                 self.con.execute(
                     "INSERT INTO cells (key, ordinal, active, check_name, check_version, method, model_group, "
                     "world, seed, config) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?) "
