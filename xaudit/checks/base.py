@@ -32,7 +32,7 @@ import torch
 
 from xaudit.core.canon import canonical_json
 from xaudit.core.registry import Registry
-from xaudit.explain.base import METHOD_KINDS
+from xaudit.explain.base import METHOD_KINDS  # noqa: F401  (re-exported: the kinds a check may accept)
 
 CHECKS: Registry[type["Check"]] = Registry("check")
 
