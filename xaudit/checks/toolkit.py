@@ -13,20 +13,8 @@ import torch
 
 from xaudit.checks.base import CheckContext
 from xaudit.core import rng
-from xaudit.core.errors import ConfigError, NotApplicable, check_range
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """A seed for a named random stream of this cell (a pure function of both):
-    :func:`xaudit.core.rng.stream_seed`."""
-    return rng.stream_seed(seed, stream)
-
-
-# ------------------------------------------------------------------------------------ parameters
-def check_int(field: str, value, lo: int, hi: int, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an integer in [{lo}, {hi}]{' ' + extra if extra else ''}, got {value!r}")
-    check_range(field, value, lo, hi)
+from xaudit.core.errors import ConfigError, NotApplicable, check_int  # noqa: F401  (check_int: re-exported)
+from xaudit.core.rng import stream_seed  # noqa: F401  (the one seed helper, re-exported for checks)
 
 
 

@@ -61,6 +61,14 @@ def check_range(field: str, value, lo, hi, *, lo_open: bool = False, hi_open: bo
         raise ConfigError(field, f"must be in {left}{lo}, {hi}{right}, got {value!r}")
 
 
+def check_int(field: str, value, lo: int, hi: int, extra: str = "") -> None:
+    """Raise ConfigError unless value is an integer (not a bool) with lo <= value <= hi; ``extra``
+    names other allowed values in the message (e.g. "or 'auto'")."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"must be an integer in [{lo}, {hi}]{' ' + extra if extra else ''}, got {value!r}")
+    check_range(field, value, lo, hi)
+
+
 def check_choice(field: str, value, choices) -> None:
     """Raise ConfigError unless value is one of choices."""
     if value not in choices:

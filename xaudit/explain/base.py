@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from xaudit.core.errors import ConfigError, NotApplicable, UnknownName, XauditError, check_range
+from xaudit.core.errors import ConfigError, NotApplicable, UnknownName, XauditError, check_int  # noqa: F401  (re-exported)
 from xaudit.core.maps import abs_map, signed_map, zero_one_map
 from xaudit.core.registry import Registry
 from xaudit.core.rng import generator as make_generator
@@ -489,10 +489,6 @@ def check_internal_batch(params: dict[str, Any]) -> None:
         check_int("internal_batch", params["internal_batch"], 1, 1 << 20)
 
 
-def check_int(field: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an integer in [{lo}, {hi}], got {value!r}")
-    check_range(field, value, lo, hi)
 
 
 __all__ = ["DEFAULT_INTERNAL_BATCH", "FAMILIES", "METHOD_KINDS", "METHODS", "ExplanationFailed", "Explainer", "MethodInfo",
