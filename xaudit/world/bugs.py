@@ -489,6 +489,8 @@ class LabelNoise(Bug):
         fit = _accuracy(evidence.train_pred[flipped], trn.labels[flipped]) or 0.0
         evidence.metrics["flipped_label_fraction"] = round(observed, 5)
         evidence.metrics["flipped_train_accuracy"] = round(fit, 5)
+        # which training examples carry a wrong label (the mislabeled debugging test reads them)
+        evidence.metrics.setdefault("flipped_indices", {})[self.name] = trn.indices[flipped].tolist()
         return [criterion(self.name, self.kind, "flipped_label_fraction", round(observed, 5), self.rate,
                           self.rate > 0 and abs(observed - self.rate) <= tol,
                           f"observed fraction of flipped training labels within "

@@ -29,10 +29,10 @@ A spec is a YAML mapping (or a dict). Shipped specs live in ``xaudit/specs/<name
       train_size: 5000                # training indices for train accuracy (<= train_size)
       criteria: {asr: 0.9, background_only: 0.9, random_labels_train: 0.9, ...}
 
-``hash`` (the cache address) covers every field that changes the weights: seed, world (and the
-world's own config), bugs, arch, train, and the training format version; not name, description or
-eval. ``eval_hash`` covers eval (sizes and criteria) and the evaluation format version: a cached
-model whose card was measured under other eval settings is re-measured, never retrained.
+``hash`` (the cache address) covers every field that changes the weights: seed, the world's canonical
+config (not the world as written), bugs, arch (defaults filled in), train, and the training format
+version; not name, description, eval or the training thread count (see :meth:`Spec.hashed_content`).
+``eval_hash`` covers eval (sizes and criteria) and the evaluation format version: a cached model whose card was measured under other eval settings is re-measured, never retrained.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ import yaml
 from xaudit.core.errors import ConfigError, UnknownName, check_choice, check_range
 
 ZOO_FORMAT = 1   # bump when training changes what a spec produces (new cache addresses)
-EVAL_FORMAT = 1  # bump when evaluate() changes what a card measures (cards are re-measured)
+EVAL_FORMAT = 2  # bump when evaluate() changes what a card measures (cards are re-measured)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "train_size": 60000, "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
@@ -166,6 +166,33 @@ def raw_spec(ref: str | Path | dict, _seen: tuple[str, ...] = ()) -> dict:
     return raw
 
 
+def _canonical_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """``{name, **every parameter}``: the architecture's defaults filled in (so equivalent specs hash
+    alike); an unknown parameter is a ConfigError naming it and the valid ones."""
+    import inspect
+
+    from xaudit.zoo.arch import ARCHITECTURES
+    name = arch["name"]
+    if name not in ARCHITECTURES:
+        raise ConfigError("arch.name", f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES.names())}")
+    sized = ("channels", "size", "num_classes")     # set from the world, never by the spec
+    try:
+        sig = inspect.signature(ARCHITECTURES.get(name))
+    except (TypeError, ValueError):
+        return copy.deepcopy(arch)
+    params = {k: v.default for k, v in sig.parameters.items()
+              if k not in sized and k != "self" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)}
+    given = {k: v for k, v in arch.items() if k != "name"}
+    for k in given:
+        if k in sized:
+            raise ConfigError(f"arch.{k}", f"is set from the world, not by the spec; remove it")
+        if k not in params and not any(v.kind == v.VAR_KEYWORD for v in sig.parameters.values()):
+            raise ConfigError(f"arch.{k}", f"unknown parameter of architecture {name!r}; it takes "
+                                           f"{', '.join(params) or '(none)'}")
+    filled = {k: v for k, v in params.items() if v is not inspect.Parameter.empty}
+    return {"name": name, **copy.deepcopy(filled), **copy.deepcopy(given)}
+
+
 def _bug_config(bug) -> dict[str, Any]:
     """A bug's config in the form bug_from_config rebuilds (registry kind under 'kind')."""
     cfg = dict(bug.config())
@@ -206,10 +233,7 @@ class Spec:
             arch = {"name": arch}
         if not isinstance(arch, dict) or "name" not in arch:
             raise ConfigError("arch", "must be a mapping with at least 'name' (cnn, mlp, resnet, vgg)")
-        from xaudit.zoo.arch import ARCHITECTURES
-        if arch["name"] not in ARCHITECTURES:
-            raise ConfigError("arch.name", f"unknown architecture {arch['name']!r}; valid: "
-                                           f"{', '.join(ARCHITECTURES.names())}")
+        arch = _canonical_arch(arch)
 
         tr = raw.get("train") or {}
         if not isinstance(tr, dict):
@@ -322,8 +346,17 @@ class Spec:
                 "bugs": self.bugs, "arch": self.arch, "train": self.train, "eval": self.eval}
 
     def hashed_content(self) -> dict[str, Any]:
-        """What determines the weights (the cache address)."""
-        return {"seed": self.seed, "world": self.world, "world_config": self.world_config, "bugs": self.bugs,
+        """What determines the weights (the cache address). The world enters as its canonical config
+        (the world's own ``config()``, every parameter with its value), never as written: ``{name:
+        digits}`` and ``{name: digits, size: 28}`` are one world and one address. The architecture
+        carries every parameter with its default filled in, for the same reason.
+
+        The thread count of training is not part of the address: it changes the weights only through
+        the order of floating-point reductions (the zoo trains with a fixed ``XAUDIT_THREADS``, default
+        2, recorded on the card as ``threads``), and a cache shared between machines must serve every
+        thread count. The cache holds the first build of an address; a card whose ``threads`` differs
+        from this process's setting was trained elsewhere (docs/architecture.md#the-model-cache)."""
+        return {"seed": self.seed, "world_config": self.world_config, "bugs": self.bugs,
                 "arch": self.arch, "train": self.train, "zoo_format": ZOO_FORMAT}
 
     @property

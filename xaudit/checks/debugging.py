@@ -1,0 +1,323 @@
+"""Shared machinery of the debugging tests (docs/protocols.md#2-debugging-tests, Adebayo et al. 2020).
+
+Each test (``spurious``, ``mislabeled``, ``contamination``, ``ood``: one module each) asks whether a
+method's maps would have shown a user a bug the model is known to have. A similarity to a ground
+truth alone cannot be read (a map that ignores the model can score high, and small models' maps
+differ across training seeds), so every test compares the **buggy** model with a **reference** model
+without the bug on the same inputs, paired per input, with a bootstrap CI, and reports the published
+measures beside it.
+
+Row convention (besides the contract's columns), shared by the four tests and read by
+:func:`figures`:
+
+- ``series``: ``buggy`` (a measure of the buggy model's maps), ``reference`` (the same measure of the
+  reference model's maps), ``calibration`` (the measure of a random map: about 0 for a similarity),
+  ``difference`` (buggy minus reference, paired, or a two-sample difference), ``verdict`` (one per
+  verdict metric: the difference's CI against ``margin``), ``separability`` (an AUROC), ``failures``
+  (inputs a method failed on, with the reasons);
+- ``subset``: which inputs a row is on, where a test has several (``flipped``, ``correct``);
+- ``rule``, ``margin``, ``ci_level``, ``n_boot`` on every row; ``n_excluded`` / ``excluded`` (how many
+  inputs were left out and why: a failed map, an undefined similarity).
+
+Verdict (:func:`margin_verdict`): the test states the direction in which the buggy model's maps must
+differ from the reference's; ``pass`` (the method reveals the bug) when the CI of the difference lies
+beyond the margin in that direction, ``fail`` when it lies short of it, ``inconclusive`` when the CI
+straddles it. A method whose map does not depend on the model (``edge``, ``random``) gives a difference
+of exactly 0 and fails whenever the margin is positive.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row
+from xaudit.checks.toolkit import (Maps, bootstrap_mean_cis, check_int, finite_or_none, stream_seed)
+from xaudit.core.errors import ConfigError, check_choice, check_range
+
+CITATION = ("Adebayo, Muelly, Liccardi, Kim. Debugging Tests for Model Explanations. NeurIPS 2020")
+SERIES = ("buggy", "reference", "calibration", "difference", "verdict", "separability", "failures")
+DIRECTIONS = ("above", "below")
+
+DEFAULTS: dict[str, Any] = {
+    "n_images": 64,                 # inputs explained per model (the default preset sets 24)
+    "ci_level": 0.95,
+    "n_boot": 2000,
+    "ssim_data_range": 1.0,         # maps are 0-1 normalized
+    "hog_pixels_per_cell": "auto",
+    "hog_correlation": "spearman",
+    "figure_images": 4,             # inputs whose maps are saved for the report's figure
+}
+
+
+def resolve_params(check: str, params: dict[str, Any], extra_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults merged with ``params``; the shared values validated (ConfigError names the parameter).
+    Each test validates its own extra parameters."""
+    base = {**DEFAULTS, **(extra_defaults or {})}
+    unknown = sorted(set(params) - set(base))
+    if unknown:
+        raise ConfigError(f"{check}.{unknown[0]}", f"unknown parameter; {check} takes: {', '.join(sorted(base))}")
+    p = {**base, **params}
+    check_int(f"{check}.n_images", p["n_images"], 2, 1_000_000)
+    check_range(f"{check}.ci_level", p["ci_level"], 0.5, 1.0, hi_open=True)
+    check_int(f"{check}.n_boot", p["n_boot"], 100, 1_000_000)
+    check_range(f"{check}.ssim_data_range", p["ssim_data_range"], 0.0, 1e6, lo_open=True)
+    if p["hog_pixels_per_cell"] != "auto":
+        check_int(f"{check}.hog_pixels_per_cell", p["hog_pixels_per_cell"], 1, 1024, extra="or 'auto'")
+    check_choice(f"{check}.hog_correlation", p["hog_correlation"], ("spearman", "pearson"))
+    check_int(f"{check}.figure_images", p["figure_images"], 0, 64)
+    if "margin" in p:
+        check_range(f"{check}.margin", p["margin"], 0.0, 2.0)
+    return p
+
+
+# ---------------------------------------------------------------------------------- the verdict
+def margin_verdict(ci_low: float | None, ci_high: float | None, margin: float, direction: str) -> str:
+    """``direction="above"``: pass if ci_low > margin, fail if ci_high < margin; ``"below"``: pass if
+    ci_high < -margin, fail if ci_low > -margin; inconclusive otherwise (also for an undefined CI).
+    A CI that is exactly the point 0 (a model-independent map) fails for any positive margin."""
+    check_choice("direction", direction, DIRECTIONS)
+    lo = math.nan if ci_low is None else float(ci_low)
+    hi = math.nan if ci_high is None else float(ci_high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if direction == "above":
+        if lo > margin:
+            return "pass"
+        if hi < margin or (margin == 0 and hi <= 0):
+            return "fail"
+        return "inconclusive"
+    if hi < -margin:
+        return "pass"
+    if lo > -margin or (margin == 0 and lo >= 0):
+        return "fail"
+    return "inconclusive"
+
+
+def rule_text(difference: str, margin: float, direction: str) -> str:
+    """The verdict rule as a row's ``rule`` column."""
+    if direction == "above":
+        return (f"pass (reveals) if CI_low({difference}) > {margin:g}; fail if CI_high < {margin:g}; "
+                "else inconclusive")
+    return (f"pass (reveals) if CI_high({difference}) < {-margin:g}; fail if CI_low > {-margin:g}; "
+            "else inconclusive")
+
+
+# ---------------------------------------------------------------------------------- statistics
+def series_cis(series: dict[Any, torch.Tensor], p: dict[str, Any], seed: int, label: str
+               ) -> dict[Any, tuple[float, float, float, int]]:
+    """(mean, ci_low, ci_high, n) of each keyed series of per-input values (lengths may differ: the
+    shorter ones are NaN-padded, and NaNs are dropped), all bootstrapped in one batch."""
+    keys = list(series)
+    if not keys:
+        return {}
+    width = max(int(series[k].numel()) for k in keys)
+    stacked = torch.full((len(keys), max(width, 1)), math.nan, dtype=torch.float64)
+    for i, k in enumerate(keys):
+        v = series[k].detach().double().flatten().cpu()
+        stacked[i, :v.numel()] = v
+    out = bootstrap_mean_cis(stacked, p["n_boot"], p["ci_level"], stream_seed(seed, f"debugging/ci/{label}"))
+    return dict(zip(keys, out))
+
+
+def summary(metric: str, values: torch.Tensor, reasons: Sequence[str | None] | None,
+            ci: tuple[float, float, float, int]) -> dict[str, Any]:
+    """The row fields of one summarized series: value, CI, n, and the inputs excluded with reasons."""
+    mean, lo, hi, k = ci
+    vals = values.detach().double().flatten().tolist()
+    reasons = list(reasons) if reasons is not None else [None] * len(vals)
+    why = Counter(r for r, v in zip(reasons, vals) if not math.isfinite(v))
+    return {"metric": metric, "value": finite_or_none(mean), "ci_low": finite_or_none(lo),
+            "ci_high": finite_or_none(hi), "n": k, "n_excluded": len(vals) - k,
+            "excluded": "; ".join(f"{r or 'undefined'} ({c})" for r, c in why.most_common())}
+
+
+def failure_rows(ctx: CheckContext, sets: Sequence[tuple[str, Maps]], **common: Any) -> list[dict[str, Any]]:
+    """One ``failures`` row per map set with failed inputs: how many and why."""
+    out = []
+    for label, maps in sets:
+        k = maps.n_failed()
+        if k:
+            why = Counter(f for f in maps.failed if f is not None)
+            out.append(row(ctx, "failed_inputs", k, None, None, len(maps.failed), series="failures",
+                           failed_maps=label, reason="; ".join(f"{r} ({c})" for r, c in why.most_common()),
+                           **common))
+    return out
+
+
+# ----------------------------------------------------------------------------------- the base
+class DebuggingCheck(Check):
+    """Base of the debugging tests: metadata, parameters and figures shared by the four modules."""
+
+    kind = "re-explain"
+    higher_is_better = None
+    citation = CITATION
+    scorecard_metric: ClassVar[str | None] = None
+    extra_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.defaults = {**DEFAULTS, **cls.extra_defaults}
+
+    def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        return resolve_params(self.name, dict(params or {}), self.extra_defaults)
+
+    def figures(self, rows: Sequence[dict[str, Any]], artifacts: Sequence[Path]) -> list[tuple[str, bytes]]:
+        return figures(self.name, rows, artifacts)
+
+
+# ------------------------------------------------------------------------------------ figure data
+def artifact_name(ctx: CheckContext) -> str:
+    parts = ["debugging", ctx.check, ctx.method, ctx.model_group, ctx.world_id, f"seed{ctx.seed}"]
+    return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", s) for s in parts) + ".npz"
+
+
+def save_panels(ctx: CheckContext, images: torch.Tensor, panels: dict[str, torch.Tensor],
+                failed: dict[str, Sequence[bool]] | None = None, **meta: Any) -> None:
+    """Save the figure data of one cell: ``images`` [k, C, H, W] in [0, 1] and, per panel label in
+    order (``buggy model``, ``reference model``, ``ground truth``, ...), maps [k, H, W] (or [k, 1, H, W])
+    in [0, 1]; ``failed`` marks inputs whose map failed. No-op without an artifacts directory."""
+    if not ctx.artifacts_dir or not panels:
+        return
+    path = Path(ctx.artifacts_dir) / artifact_name(ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = images.shape[0]
+    labels = list(panels)
+    stack = np.stack([_hw(panels[lb])[:k] for lb in labels]).astype(np.float16)
+    fails = np.stack([np.asarray(list((failed or {}).get(lb, [False] * k))[:k], dtype=bool) for lb in labels])
+    np.savez_compressed(path, check=ctx.check, method=ctx.method, model=ctx.model_group, world=ctx.world_id,
+                        seed=ctx.seed, panel_labels=np.array(labels), panels=stack, failed=fails,
+                        images=images.detach().cpu().float().numpy().astype(np.float16),
+                        **{k2: np.asarray(v) for k2, v in meta.items()})
+
+
+def _hw(t) -> np.ndarray:
+    a = t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+    return a[:, 0] if a.ndim == 4 else a
+
+
+# ---------------------------------------------------------------------------------------- figures
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _f(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str | Path] = (),
+            n_inputs: int = 2) -> list[tuple[str, bytes]]:
+    """The figures of one debugging test: its measures (from rows) and its map grids (from the npz
+    files of its cells)."""
+    return measures_figure(check, rows) + grids(check, artifacts, n_inputs)
+
+
+def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    """Per (model, world, seed): one panel per verdict metric, methods along x; the buggy model's value
+    (filled dot, CI bar), the reference model's (open dot, CI bar), the random-map calibration (grey
+    band); each method's verdict letter under its name."""
+    from matplotlib.figure import Figure
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("check") == check and r.get("series") in ("buggy", "reference", "calibration", "verdict"):
+            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
+    out = []
+    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        verdict_rows = [r for r in rs if r.get("series") == "verdict"]
+        metrics = list(dict.fromkeys(str(r["metric"]) for r in verdict_rows))
+        if not metrics:
+            continue
+        methods = sorted({r["method"] for r in rs})
+        width = max(6.0, 0.22 * len(methods) * len(metrics) + 1.5)
+        fig = Figure(figsize=(width, 4.4))
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.36, top=0.82, wspace=0.25)
+        xs = np.arange(len(methods))
+        for ax, metric in zip(axes, metrics):
+            sel = [r for r in rs if str(r["metric"]) == metric]
+            # a test with several input subsets draws the one its verdict names (else the first)
+            subsets = [r.get("subset") for r in sel if r.get("series") in ("buggy", "reference")]
+            vsub = next((r.get("subset") for r in sel if r.get("series") == "verdict"), None)
+            shown = vsub if vsub in subsets else (subsets[0] if subsets else None)
+            for series, face, colour, dx in (("buggy", "C3", "C3", -0.12), ("reference", "none", "C0", 0.12)):
+                pts = {r["method"]: r for r in sel if r.get("series") == series and r.get("subset") == shown}
+                ys = np.array([_f(pts[m]["value"]) if m in pts else math.nan for m in methods])
+                lo = np.array([_f(pts[m]["ci_low"]) if m in pts else math.nan for m in methods])
+                hi = np.array([_f(pts[m]["ci_high"]) if m in pts else math.nan for m in methods])
+                ax.vlines(xs + dx, lo, hi, color=colour, lw=1)
+                ax.scatter(xs + dx, ys, marker="o", s=16, facecolors=face, edgecolors=colour, zorder=3,
+                           label=f"{series} model" + (f" ({shown})" if shown else ""))
+            cal = [r for r in sel if r.get("series") == "calibration"]
+            lo_c = [_f(r["ci_low"]) for r in cal]
+            hi_c = [_f(r["ci_high"]) for r in cal]
+            if cal and np.isfinite(lo_c).any() and np.isfinite(hi_c).any():
+                ax.axhspan(float(np.nanmin(lo_c)), float(np.nanmax(hi_c)), color="0.85", zorder=0,
+                           label="random map (calibration)")
+            codes = {r["method"]: VERDICT_CODE.get(str(r.get("verdict")), "-") for r in sel
+                     if r.get("series") == "verdict"}
+            ax.set_xticks(xs, [f"{m} {codes.get(m, '')}" for m in methods], rotation=90, fontsize=6)
+            ax.set_title(metric, fontsize=9)
+        axes[0].legend(fontsize=6, frameon=False, loc="best")
+        rule = next((r.get("rule") for r in verdict_rows if r.get("rule")), "")
+        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n{rule}", fontsize=8)
+        out.append((f"{check}: buggy vs reference model per method ({model}, {world}, seed {seed})", _png(fig)))
+    return out
+
+
+def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> list[tuple[str, bytes]]:
+    """The paper's figure from the cells' npz files: per input, one row per method: the input, then
+    every saved panel (buggy model's map, reference model's map, ground truth, ...)."""
+    from matplotlib.figure import Figure
+
+    from xaudit.checks.sanity_figures import _load, _mosaic, _rgb
+
+    paths = sorted(p for d in map(Path, artifacts) if Path(d).is_dir()
+                   for p in Path(d).glob(f"debugging__{check}__*.npz"))
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for path in paths:
+        d = _load(path)
+        if str(d["check"]) == check:
+            groups[(str(d["model"]), str(d["world"]), int(d["seed"]))].append(d)
+    out = []
+    pad = 2
+    for (model, world, seed), ds in sorted(groups.items()):
+        ds = sorted(ds, key=lambda d: str(d["method"]))
+        labels = [str(x) for x in ds[0]["panel_labels"]]
+        n_img = min(int(d["panels"].shape[1]) for d in ds)
+        for i in range(min(n_inputs, n_img)):
+            tiles = []
+            for d in ds:
+                rowt = [_rgb(d["images"][i])]
+                for s in range(d["panels"].shape[0]):
+                    t = _rgb(d["panels"][s, i])
+                    if bool(d["failed"][s, i]):
+                        t = t * 0.4 + np.array([0.6, 0.0, 0.0], dtype=np.float32)
+                    rowt.append(t)
+                tiles.append(rowt)
+            mosaic = _mosaic(tiles, pad)
+            th, tw = tiles[0][0].shape[:2]
+            n_cols = max(len(t) for t in tiles)
+            w_in, h_in = 0.75 * n_cols + 1.6, 0.75 * len(ds) + 1.1
+            fig = Figure(figsize=(w_in, h_in))
+            ax = fig.add_axes((1.4 / w_in, 0.02, 0.75 * n_cols / w_in, 0.75 * len(ds) / h_in))
+            ax.imshow(mosaic, interpolation="nearest")
+            ax.set_axis_off()
+            for c, text in enumerate(["input"] + labels):
+                ax.text(pad + c * (tw + pad) + tw / 2, -pad, text, fontsize=7, rotation=35, ha="left", va="bottom")
+            for r, d in enumerate(ds):
+                ax.text(-pad, pad + r * (th + pad) + th / 2, str(d["method"]), fontsize=7, ha="right", va="center")
+            fig.suptitle(f"{check}: maps, input {i} ({model}, {world}, seed {seed})", fontsize=9, y=0.995)
+            out.append((f"{check}: maps per method, input {i} ({model}, {world}, seed {seed})", _png(fig)))
+    return out
