@@ -161,3 +161,21 @@ class FakeSource:
             lin.weight.copy_(torch.rand(2, 3, generator=g))
             lin.bias.zero_()
         return lin.eval(), {"key": model.key, "clean_accuracy": 0.5}
+
+
+@_register
+class FakeDerived(Check):
+    """Derived from fake_fail's stored rows: twice its score (runs in the driver, logged with its pid)."""
+    name = "fake_derived"
+    derives_from = "fake_fail"
+    defaults = {"factor": 2.0}
+
+    def models(self, params, model_group, seed, world=None):
+        return []
+
+    def run(self, ctx):
+        _log("derived", check=ctx.check, method=ctx.method, world=ctx.world["world"], seed=ctx.seed,
+             upstream=ctx.upstream_key)
+        score = next(r for r in ctx.upstream_rows if r["metric"] == "score")
+        v = ctx.params["factor"] * score["value"]
+        return [row(ctx, "twice_score", v, verdict="pass" if v > 1 else "fail", upstream_value=score["value"])]

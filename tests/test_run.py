@@ -607,3 +607,57 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert any(r["verdict"] is not None for r in rows)
     html = res.report.read_text()
     assert "cascading_randomization" in html and "data:image/png;base64," in html
+
+
+# ------------------------------------------------------------------------------- derived checks
+def test_derived_check_reads_its_upstream_cells_rows_in_the_driver(tmp_path, log):
+    preset = fake_preset(checks={"fake_fail": {}, "fake_derived": {}})
+    plan = build_plan(load_preset(preset), source=FAKE_SOURCE)
+    up = {(c.method, c.seed): c for c in plan.cells if c.check == "fake_fail"}
+    derived = [c for c in plan.cells if c.check == "fake_derived"]
+    assert len(derived) == len(up) == 6 and all(c.models == () for c in derived)
+    assert all(c.upstream == up[(c.method, c.seed)].key and c.config["upstream"] == c.upstream for c in derived)
+    run_fake(tmp_path, preset, workers=2)
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        st = {(c["check_name"], c["method"], c["seed"]): (c["status"], c["error"]) for c in store.cells()}
+        rows = store.rows()
+    # saliency: upstream done -> derived done, computed from the stored row; grad_cam failed; blank not applicable
+    for seed in (0, 1):
+        assert st[("fake_derived", "saliency", seed)][0] == "done"
+        status, error = st[("fake_derived", "grad_cam", seed)]
+        assert status == "failed" and "fake_fail cell it reads" in error and "planted failure" in error
+        status, error = st[("fake_derived", "blank", seed)]
+        assert status == "not_applicable" and "blank does not apply" in error
+        score = next(r for r in rows if r["check"] == "fake_fail" and r["method"] == "saliency" and r["seed"] == seed)
+        twice = next(r for r in rows if r["check"] == "fake_derived" and r["method"] == "saliency" and r["seed"] == seed)
+        assert twice["value"] == pytest.approx(2 * score["value"]) and twice["upstream_value"] == score["value"]
+    ran = log("derived")
+    assert len(ran) == 2 and {r["pid"] for r in ran} == {os.getpid()}      # in the driver, done cells only
+    # a rerun computes nothing; another upstream parameter changes the upstream keys and so the derived cells
+    run_fake(tmp_path, preset)
+    assert len(log("derived")) == 2
+    changed = fake_preset(checks={"fake_fail": {"params": {"bad_method": "blank"}}, "fake_derived": {}})
+    run_fake(tmp_path, changed)
+    assert len(log("derived")) == 2 + 4          # saliency and grad_cam now done upstream, both seeds
+
+
+def test_derived_check_brings_its_upstream_check_or_says_it_is_missing():
+    plan = build_plan(load_preset(fake_preset(checks={"fake_fail": {}, "fake_derived": {}})), source=FAKE_SOURCE,
+                      checks="fake_derived")
+    assert {c.check for c in plan.cells} == {"fake_fail", "fake_derived"}
+    with pytest.raises(ConfigError, match=r"checks.fake_derived: is computed from the rows of 'fake_fail', which "
+                                          r"this preset does not run"):
+        build_plan(load_preset(fake_preset(checks={"fake_score": {}, "fake_derived": {}})), source=FAKE_SOURCE)
+
+
+def test_world_entry_can_restrict_its_checks():
+    preset = fake_preset(worlds=[{"world": "shapes", "size": 32},
+                                 {"world": "digits", "checks": ["fake_score"]}])
+    plan = build_plan(load_preset(preset), source=FAKE_SOURCE)
+    by_world = {}
+    for c in plan.cells:
+        by_world.setdefault(c.world["world"], set()).add(c.check)
+    assert by_world == {"shapes": {"fake_score", "fake_fail", "fake_model"}, "digits": {"fake_score"}}
+    with pytest.raises(ConfigError, match=r"worlds\[1\].checks: unknown check 'nope'"):
+        build_plan(load_preset(fake_preset(worlds=[{"world": "shapes"}, {"world": "digits", "checks": ["nope"]}])),
+                   source=FAKE_SOURCE)

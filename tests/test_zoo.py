@@ -193,9 +193,25 @@ def test_spec_round_trips_through_to_dict_and_base_switches_arch():
         s = zoo.load_spec(name)
         again = zoo.load_spec(json.loads(json.dumps(s.to_dict())))
         assert again.hash == s.hash and again.bugs == s.bugs
+    # cnn's parameters are not inherited by resnet; every architecture parameter is spelled out (defaults filled)
     r = zoo.load_spec({"base": "clean", "arch": {"name": "resnet", "width": 8}})
-    assert r.arch == {"name": "resnet", "width": 8}     # cnn's parameters are not inherited by resnet
-    assert zoo.load_spec({"base": "clean", "arch": {"hidden": 64}}).arch == {"name": "cnn", "hidden": 64}
+    assert r.arch == {"name": "resnet", "width": 8, "depth": 1}
+    assert zoo.load_spec({"base": "clean", "arch": {"hidden": 64}}).arch == {"name": "cnn", "hidden": 64, "width": 32}
+
+
+def test_equivalent_specs_share_one_cache_address():
+    # the world enters the address as its canonical config, the architecture with its defaults filled in
+    short = zoo.load_spec({"world": {"name": "digits", "seed": 0}})
+    spelled = zoo.load_spec({"world": {"name": "digits", "size": 28, "seed": 0}})
+    assert short.hash == spelled.hash
+    assert zoo.load_spec({"world": "digits"}).hash == short.hash                  # seed 0 is the default
+    assert zoo.load_spec({"world": "digits", "arch": {"name": "cnn", "hidden": 128}}).hash == short.hash
+    assert zoo.load_spec({"world": "digits", "arch": {"name": "cnn", "hidden": 64}}).hash != short.hash
+    assert zoo.load_spec({"world": {"name": "digits", "seed": 1}}).hash != short.hash
+    with pytest.raises(ConfigError, match=r"arch.depth.*unknown parameter of architecture 'cnn'.*hidden, width"):
+        zoo.load_spec({"world": "digits", "arch": {"name": "cnn", "depth": 2}})
+    with pytest.raises(ConfigError, match=r"arch.channels.*set from the world"):
+        zoo.load_spec({"world": "digits", "arch": {"name": "cnn", "channels": 3}})
 
 
 @pytest.mark.parametrize("over,field", [

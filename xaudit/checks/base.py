@@ -11,7 +11,8 @@ Every attribute and method that ``xaudit.run`` and ``xaudit.report`` read is dec
 - which models a cell needs: :meth:`Check.models` -> :class:`ModelRef` (any spec, seed and world,
   any number of them: a population is a list);
 - how its verdicts are told apart and shown: ``verdict_key``, ``scorecard_metric``;
-- its figures: :meth:`Check.figures`.
+- its figures: :meth:`Check.figures`;
+- whether it is computed from another check's stored rows instead of models (``derives_from``).
 
 Row contract: every row is a dict with at least
 ``check, method, model, world, seed, metric, value, ci_low, ci_high, n, verdict``
@@ -100,6 +101,10 @@ class CheckContext:
     extra: dict[str, Any] = field(default_factory=dict)
     world_label: str | None = None     # the cell's world label (``shapes@32``): the rows' world column
     method_kind: str = "attribution"
+    # a derived check (``Check.derives_from``): the stored rows of the upstream cell it reads (same
+    # method, model group, world and seed), and that cell's key
+    upstream_rows: list[dict[str, Any]] = field(default_factory=list)
+    upstream_key: str | None = None
 
     @property
     def world_id(self) -> str:
@@ -127,6 +132,12 @@ class Check:
     verdict_key: ClassVar[tuple[str, ...]] = ("metric",)
     # the metric whose verdict heads the cell's scorecard entry (None: all verdict rows, in row order)
     scorecard_metric: ClassVar[str | None] = None
+    # a derived check reads the rows another check stored instead of loading models and explaining:
+    # the name of that check. The plan gives each of its cells the key of the upstream cell with the
+    # same method, model group, world and seed (hashed into its own key, so it is recomputed when the
+    # upstream cell changes); the runner runs it in the driver after that cell is done, with
+    # ``ctx.upstream_rows``. Its models() must return [] (it computes nothing on a model).
+    derives_from: ClassVar[str | None] = None
 
     def accepts(self, method: Mapping[str, Any]) -> bool:
         """Whether this check scores ``method`` (a row of :func:`xaudit.explain.describe`: name, kind,
@@ -205,7 +216,7 @@ def describe() -> list[dict[str, Any]]:
         out.append({"name": n, "version": c.version, "kind": c.kind, "citation": c.citation,
                     "description": c.description, "defaults": dict(c.defaults),
                     "method_kinds": list(c.method_kinds), "verdict_key": list(c.verdict_key),
-                    "scorecard_metric": c.scorecard_metric,
+                    "scorecard_metric": c.scorecard_metric, "derives_from": c.derives_from,
                     "worlds": None if c.worlds is None else list(c.worlds),
                     "model_groups": None if c.model_groups is None else list(c.model_groups)})
     return out

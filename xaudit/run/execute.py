@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xaudit.core.errors import ConfigError, XauditError
+from xaudit.core.errors import ConfigError, NotApplicable, XauditError
 from xaudit.run.executor import Executor
 from xaudit.run.plan import Cell, Plan
 from xaudit.run.progress import Progress
@@ -107,6 +107,58 @@ def cell_task(plan: Plan, c: Cell) -> CellTask:
                     method_kind=plan.method_kinds.get(c.method, "attribution"))
 
 
+def run_derived(plan: Plan, store: Store, cells: list[Cell], sink: _StoreSink) -> None:
+    """Run derived checks' cells (``Check.derives_from``) in this process from their upstream cells'
+    stored rows. An upstream cell that is not applicable or failed makes its derived cell so, with the
+    reason; one left unfinished (a stopped run) leaves it pending."""
+    import traceback as tb_mod
+
+    from xaudit import checks as checks_mod
+    from xaudit.checks.base import CheckContext, ModelRef
+    from xaudit.run.worker import _clean_rows
+
+    if not cells:
+        return
+    upstream = {c.upstream: store.cell(c.upstream) for c in cells}
+
+    def no_model(ref: ModelRef):
+        raise RuntimeError(f"a derived check reads stored rows and loads no model (asked for {ref.alias}@{ref.seed})")
+
+    for c in cells:
+        up = upstream.get(c.upstream) or {}
+        status = up.get("status")
+        if status not in FINAL + ("failed",):
+            continue
+        sink.cell_started(c.key, "driver")
+        t0 = time.perf_counter()
+        check = checks_mod.get(c.check)
+        task = cell_task(plan, c)
+        what = f"the {check.derives_from} cell it reads ({up.get('check_name')} / {c.method} / {c.model_group}@" \
+               f"{c.world_name} / seed {c.seed})"
+        rows, error, trace = [], None, None
+        if status == "not_applicable":
+            out = "not_applicable"
+            error = f"{what} is not applicable: {up.get('error')}"
+        elif status == "failed":
+            out = "failed"
+            error = f"{what} failed: {up.get('error')}"
+        else:
+            ctx = CheckContext(check=c.check, method=c.method, method_params=dict(c.method_params),
+                               model_group=c.model_group, world=dict(c.world), seed=c.seed, params=dict(c.params),
+                               load_model=no_model, world_label=c.world_label,
+                               method_kind=plan.method_kinds.get(c.method, "attribution"),
+                               upstream_rows=store.cell_rows(c.upstream), upstream_key=c.upstream)
+            try:
+                rows = _clean_rows(task, check.run(ctx))
+                out = "done"
+            except NotApplicable as e:
+                out, error = "not_applicable", str(e) or type(e).__name__
+            except Exception as e:
+                out, error, trace = "failed", f"{type(e).__name__}: {e}", tb_mod.format_exc()
+        sink.cell_finished(CellResult(c.key, out, rows=rows, seconds=time.perf_counter() - t0, error=error,
+                                      traceback=trace))
+
+
 def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_dir: str | Path,
             cache_dir: str | Path | None = None, progress: Progress | None = None,
             retry_failed: bool = True) -> Summary:
@@ -114,6 +166,7 @@ def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_di
     t0 = time.perf_counter()
     progress = progress or Progress(enabled=False)
     todo = pending_cells(plan, store, retry_failed)
+    derived = [c for c in todo if c.upstream is not None]    # run here, after the cells they read
     models = plan.models_for(todo)
     # a worker keeps loaded at least the largest set of models one cell uses (a population check)
     max_models = max([MAX_LOADED_MODELS, *(len(c.models) for c in todo)])
@@ -124,7 +177,9 @@ def execute(plan: Plan, store: Store, executor: Executor, *, run_id: int, run_di
     sink = _StoreSink(store, plan, run_id, progress, art)
     progress.start(len(models), len(todo), len(plan.cells) - len(todo), getattr(executor, "workers", 1))
     try:
-        executor.run([ModelTask(m.key, m) for m in models], [cell_task(plan, c) for c in todo], config, sink)
+        executor.run([ModelTask(m.key, m) for m in models],
+                     [cell_task(plan, c) for c in todo if c.upstream is None], config, sink)
+        run_derived(plan, store, derived, sink)
     finally:
         progress.stop()
         # cells a stopped run left 'running' are unfinished: show them as pending

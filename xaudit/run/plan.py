@@ -48,6 +48,7 @@ class Cell:
     models: tuple[tuple[str, int, str], ...]   # (ModelRef.alias, seed, ResolvedModel.key) per ModelRef
     config: dict[str, Any] = field(compare=False, repr=False)   # what the key hashes
     world_label: str = ""                 # the world's label (``shapes@32``): rows, store, artifacts
+    upstream: str | None = None           # a derived check's cell: the key of the cell whose rows it reads
 
     @property
     def primary(self) -> str | None:
@@ -247,6 +248,57 @@ class _Resolver:
         return (ref.alias, int(ref.seed), rm.key), rm
 
 
+def _with_upstream(keep: list[str], available: list[str]) -> list[str]:
+    """The kept checks plus the checks the derived ones among them read (in plan order): ``--checks
+    contamination`` runs cascading_randomization too. An upstream check the preset does not run is
+    an error naming both."""
+    from xaudit.checks import CHECKS
+
+    need = set(keep)
+    for name in keep:
+        up = getattr(CHECKS.get(name), "derives_from", None)
+        if up:
+            if up not in available:
+                raise ConfigError(f"checks.{name}", f"is computed from the rows of {up!r}, which this preset does "
+                                                    f"not run; add {up!r} to the preset's checks")
+            need.add(up)
+    return [c for c in available if c in need]
+
+
+def _derived_cells(derived: list[tuple], cells: list[Cell], seeds, start: int) -> list[Cell]:
+    """The cells of derived checks: one per upstream cell (same method and parameters, model group,
+    world and seed), its key hashed with the upstream cell's key. No upstream cell, no cell."""
+    from xaudit.checks.base import declared_models
+
+    index = {(c.check, c.method, canonical_json(c.method_params), c.model_group, canonical_json(c.world), c.seed): c
+             for c in cells}
+    out: list[Cell] = []
+    for wentry, wcfg, wlabel, cname, params, groups, check, accepted in derived:
+        for group in groups:
+            for seed in seeds:
+                if declared_models(check, params, group, seed, wcfg):
+                    raise ConfigError(f"checks.{cname}", f"derives from {check.derives_from!r} and so declares no "
+                                                         "models; its models() must return []")
+                for mname, mparams in accepted:
+                    up = index.get((check.derives_from, mname, canonical_json(mparams), group, canonical_json(wcfg),
+                                    seed))
+                    if up is None:
+                        continue
+                    config = {"schema": CELL_SCHEMA, "check": cname, "check_version": str(check.version),
+                              "params": params, "method": mname, "method_params": mparams, "model_group": group,
+                              "world": wcfg, "seed": seed, "models": [], "upstream": up.key}
+                    try:
+                        key = cell_key(config)
+                    except (TypeError, ValueError) as e:
+                        raise ConfigError(f"checks.{cname}.params", f"must be plain JSON values: {e}") from None
+                    out.append(Cell(key=key, ordinal=start + len(out), check=cname, check_version=str(check.version),
+                                    method=mname, method_params=dict(mparams), model_group=group, world=wcfg,
+                                    seed=seed, params=dict(params), models=(),
+                                    config=json.loads(canonical_json(config)), world_label=wlabel,
+                                    upstream=up.key))
+    return out
+
+
 def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks: str | list[str] | None = None,
                source: str | None = None) -> Plan:
     """Expand ``preset`` into cells. ``methods``/``checks`` (comma-separated or lists) keep a subset.
@@ -263,6 +315,7 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     check_list = resolve_checks(preset)
     method_list = resolve_methods(preset)
     keep_checks = _subset("checks", checks, [c for c, _, _ in check_list], preset.name)
+    keep_checks = _with_upstream(keep_checks, [c for c, _, _ in check_list])
     keep_methods = _subset("methods", methods, [m for m, _ in method_list], preset.name)
     check_list = [c for c in check_list if c[0] in keep_checks]
     method_list = [m for m in method_list if m[0] in keep_methods]
@@ -272,16 +325,26 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
     models: dict[str, ResolvedModel] = {}
     worlds = [(w, world_config(w, i)) for i, w in enumerate(preset.worlds)]
     resolver = _Resolver(src, worlds)
+    derived: list[tuple] = []      # derived checks' cells are built once their upstream cells exist
+    for i, (wentry, _) in enumerate(worlds):
+        for name in wentry.checks or ():
+            if name not in checks_mod.CHECKS:
+                raise ConfigError(f"worlds[{i}].checks", str(UnknownName("check", name, checks_mod.CHECKS.names())))
     for wentry, wcfg in worlds:
         wlabel = world_label(wcfg)
         for cname, params, groups in check_list:
             check = checks_mod.get(cname)
             if check.worlds and wcfg["world"] not in check.worlds:
                 continue
+            if wentry.checks is not None and cname not in wentry.checks:
+                continue
             accepted = [(m, mp) for m, mp in method_list if check.accepts(infos[m])]
             if not accepted:
                 continue
             groups = groups or tuple(check.model_groups or ()) or wentry.models
+            if check.derives_from:
+                derived.append((wentry, wcfg, wlabel, cname, params, groups, check, accepted))
+                continue
             for group in groups:
                 for seed in preset.seeds:
                     used = []
@@ -303,6 +366,7 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
                                           method=mname, method_params=dict(mparams), model_group=group,
                                           world=wcfg, seed=seed, params=dict(params), models=used_t,
                                           config=json.loads(canonical_json(config)), world_label=wlabel))
+    cells += _derived_cells(derived, cells, preset.seeds, len(cells))
     if not cells:
         raise ConfigError("checks", f"preset {preset.name!r} expands to no cells (checks {keep_checks}, "
                                     f"methods {keep_methods}, {len(preset.worlds)} worlds)")

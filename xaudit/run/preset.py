@@ -18,6 +18,8 @@ Schema (every field except ``name`` is optional; unknown fields are errors)::
         models: [clean]            # model groups: the primary models the cells run on
         specs: {clean: clean}      # model group -> zoo spec on this world: a name, a YAML path, or a
                                    # mapping such as {base: clean, train: {train_size: 10000}}
+        checks: [spurious]         # optional: only these checks run on this world (default: every
+                                   # check of the preset that runs on this world)
     check_defaults: {n_images: 32} # parameters for every check that takes them (a check's own
                                    # `params` override these)
     checks: all                    # `all`, a list of names, or {name: {params: {...}, models: [...]}}
@@ -40,7 +42,7 @@ from xaudit.core.errors import ConfigError
 ALL = "all"
 PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile", "plugins",
                  "worlds", "check_defaults", "checks", "methods")
-WORLD_FIELDS_RESERVED = ("world", "models", "specs")
+WORLD_FIELDS_RESERVED = ("world", "models", "specs", "checks")
 CHECK_FIELDS = ("params", "models")
 DEVICES = ("cpu", "cuda", "auto")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"   # shipped as package data
@@ -53,6 +55,7 @@ class WorldEntry:
     config: dict[str, Any]
     models: tuple[str, ...] = ("clean",)
     specs: dict[str, Any] = field(default_factory=dict)
+    checks: tuple[str, ...] | None = None      # only these checks run on this world; None: every one
 
     @property
     def name(self) -> str:
@@ -214,9 +217,11 @@ def _worlds(v: Any) -> tuple[WorldEntry, ...]:
             if not (isinstance(s, str) and s) and not isinstance(s, dict):
                 raise ConfigError(f"{fld}.specs.{g}", f"must be a zoo spec name, a YAML path or a spec mapping "
                                                       f"(e.g. {{base: clean, train: {{...}}}}), got {s!r}")
-        config = {k: val for k, val in w.items() if k not in ("models", "specs")}
+        only = w.get("checks")
+        only = None if only is None else _str_list(f"{fld}.checks", only)
+        config = {k: val for k, val in w.items() if k not in WORLD_FIELDS_RESERVED[1:]}
         config.setdefault("seed", 0)
-        out.append(WorldEntry(config=config, models=models, specs=specs))
+        out.append(WorldEntry(config=config, models=models, specs=specs, checks=only))
     seen = set()
     for i, w in enumerate(out):
         key = repr(sorted(w.config.items()))

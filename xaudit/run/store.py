@@ -274,6 +274,27 @@ class Store:
             out.update({r["key"]: r["status"] for r in self.con.execute(q, chunk)})
         return out
 
+    def cell(self, key: str) -> dict[str, Any] | None:
+        """One cell's record (status, error, config, ...), or None for an unknown key."""
+        r = self.con.execute("SELECT * FROM cells WHERE key = ?", (key,)).fetchone()
+        if r is None:
+            return None
+        d = dict(r)
+        d["config"] = json.loads(d["config"]) if d["config"] else {}
+        return d
+
+    def cell_rows(self, key: str) -> list[dict[str, Any]]:
+        """The rows one cell stored, in its order, check-specific columns flattened (whether or not the
+        cell is active)."""
+        out = []
+        for r in self.con.execute("SELECT * FROM rows WHERE cell = ? ORDER BY row_index", (key,)):
+            d = {"run": r["run"], "check": r["check_name"], "method": r["method"], "model": r["model"],
+                 "world": r["world"], "seed": r["seed"], "metric": r["metric"], "value": r["value"],
+                 "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"], "verdict": r["verdict"]}
+            d.update(json.loads(r["extra"]) if r["extra"] else {})
+            out.append(d)
+        return out
+
     def cells(self, *, active_only: bool = True) -> list[dict[str, Any]]:
         q = "SELECT * FROM cells" + (" WHERE active = 1" if active_only else "") + " ORDER BY ordinal, key"
         out = []

@@ -3,7 +3,10 @@
 Card keys (JSON): ``spec`` (the normalized spec), ``spec_hash``, ``name``, ``seed``, ``arch``, ``world``
 (the world's config), ``bugs`` (bug configs), ``clean_accuracy``, ``train_accuracy``,
 ``attack_success_rate`` (trigger name -> fraction of triggered non-target test images classified as
-the target), ``background_only_accuracy`` / ``object_only_accuracy`` (spurious world, else None),
+the target), ``background_only_accuracy`` / ``object_only_accuracy`` (spurious world, else None; a
+criterion only where the world's background correlates with the class, correlation != 0.5),
+``flipped_indices`` (label-noise bug name -> the training indices among ``range(eval.train_size)``
+whose label it flipped),
 ``bug_took`` (bool) with ``bug_criteria`` (one entry per planted bug: metric, value, threshold,
 took, criterion text) and ``bug_criterion`` (the criteria as one line), training statistics
 (``train_seconds``, ``train_cpu_seconds``, ``images_seen``, ``threads``, ``created``, ...),
@@ -118,10 +121,13 @@ def evaluate(model: nn.Module, spec: Spec, world=None, bugs=None) -> dict[str, A
             out["object_only_accuracy"] = _r(_acc(predict(model, ob.images), ob.true_labels))
         corr = getattr(world, "correlation", None)
         v = out["background_only_accuracy"]
-        criteria.append(_crit(f"world:{world.name}", "spurious_world", "background_only_accuracy", v,
-                              crit["background_only"], v >= crit["background_only"],
-                              f"accuracy on background-only test images >= {crit['background_only']} "
-                              f"(background/label correlation in training {corr})"))
+        # a world whose background is independent of the class (correlation 0.5) plants no cue: nothing
+        # to take (the spurious test's unbiased reference); its background-only accuracy is still measured
+        if corr is None or corr != 0.5:
+            criteria.append(_crit(f"world:{world.name}", "spurious_world", "background_only_accuracy", v,
+                                  crit["background_only"], v >= crit["background_only"],
+                                  f"accuracy on background-only test images >= {crit['background_only']} "
+                                  f"(background/label correlation in training {corr})"))
 
     for bug in bugs:
         if not bug.is_trigger:
