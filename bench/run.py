@@ -121,6 +121,10 @@ def breakdown(db: Path, wall: float) -> dict:
                                "FROM cells WHERE active = 1 AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC").fetchall()
         per_method = con.execute("SELECT method, round(sum(seconds), 1), round(sum(model_seconds), 1) FROM cells "
                                  "WHERE active = 1 GROUP BY method ORDER BY sum(seconds) DESC").fetchall()
+        per_check = con.execute("SELECT check_name, count(*), round(sum(seconds), 1), round(sum(model_seconds), 1) "
+                                "FROM cells WHERE active = 1 GROUP BY check_name ORDER BY sum(seconds) DESC").fetchall()
+        per_model = con.execute("SELECT label, round(seconds, 1), json_extract(card, '$.train_seconds'), "
+                                "json_extract(card, '$.bug_took') FROM models ORDER BY seconds DESC").fetchall()
     finally:
         con.close()
     cell_s = sum(r[2] or 0 for r in cells)
@@ -144,6 +148,10 @@ def breakdown(db: Path, wall: float) -> dict:
         "share_of_cell_time_in_model_passes": round(pass_s / cell_s, 3) if cell_s else None,
         "runner_idle_or_overhead_share": round(max(0.0, 1 - busy / capacity), 3) if capacity else None,
         "failures": failures, "slowest_cells": slow, "per_method_cell_s_and_pass_s": per_method,
+        # check, cells, cell seconds, of which model passes (forward/backward) seconds
+        "per_check_cells_cell_s_and_pass_s": per_check,
+        # model label, preparation seconds in this run, its card's training seconds, bug took
+        "per_model_prep_s_train_s_took": per_model,
     }
 
 
