@@ -12,7 +12,7 @@ import torch
 
 from xaudit.core import rng
 from xaudit.core.errors import ConfigError, check_range
-from xaudit.world.base import WORLDS, World
+from xaudit.world.base import WORLDS, World, as_indices
 from xaudit.world.raster import SHAPES, draw, interp_matrix
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "plus", "ring", "star", "crescent", "diamond", "tee", "ell")
@@ -138,9 +138,24 @@ class ShapesWorld(World):
                 mask[sel] = draw(shape, self.size, cx[sel], cy[sel], radius[sel], angle[sel])
         return mask
 
-    def _render(self, idx, labels, split_seed, split):
+    def background(self, indices, split: str = "test") -> torch.Tensor:
+        """float32 [N, 3, H, W] in [0, 1]: each sample's own background, without its object: off the
+        object exactly the pixels ``sample(indices, split).images`` has there (no bugs applied), on the
+        object what the background would have been there. The explanation of this image is what the
+        GT-2 ground truth of the spurious debugging test weights the background with."""
+        idx = as_indices(indices)
+        sseed = self._split_seed(split)
+        labels = self._labels(idx, sseed, split)
+        return self._background(idx, labels, sseed, split).contiguous()
+
+    def _background(self, idx, labels, split_seed, split):
+        """float32 [N, 3, S, S]: the background :meth:`_render` pastes the object on (one function for
+        both, so the two cannot drift apart)."""
         family = self._background_family(idx, labels, split_seed, split)
-        bg = backgrounds(self.size, family, split_seed, idx)
+        return backgrounds(self.size, family, split_seed, idx)
+
+    def _render(self, idx, labels, split_seed, split):
+        bg = self._background(idx, labels, split_seed, split)
         base = 0.25 + 0.5 * rng.uniform(split_seed, "bg/base", idx, 3)
         colour = object_colours(split_seed, idx, base)
         mask = self._objects(idx, labels, split_seed)
@@ -164,10 +179,13 @@ class SpuriousWorld(ShapesWorld):
     def __init__(self, size: int | None = None, seed: int = 0,
                  classes: tuple[str, str] | list[str] = ("triangle", "plus"),
                  class_backgrounds: tuple[str, str] | list[str] = ("stripes", "checkers"),
-                 correlation: float = 1.0, radius_frac: tuple[float, float] = (0.18, 0.28)):
+                 correlation: float = 1.0, radius_frac: tuple[float, float] = (0.18, 0.28),
+                 max_rotation_deg: float = 20.0):
         if len(tuple(classes)) != 2:
             raise ConfigError("classes", f"the spurious world has exactly 2 classes, got {classes}")
-        super().__init__(size=size, seed=seed, classes=classes, radius_frac=radius_frac)
+        # max_rotation_deg is taken because config() states it: a world must rebuild from its own config
+        super().__init__(size=size, seed=seed, classes=classes, radius_frac=radius_frac,
+                         max_rotation_deg=max_rotation_deg)
         class_backgrounds = tuple(class_backgrounds)
         if len(class_backgrounds) != 2 or len(set(class_backgrounds)) != 2 or \
                 any(b not in BACKGROUNDS for b in class_backgrounds):
@@ -185,16 +203,15 @@ class SpuriousWorld(ShapesWorld):
         cls = torch.where(matched, labels, 1 - labels)
         return fam_of_class[cls]
 
-    def _render(self, idx, labels, split_seed, split):
-        if split == "test_object_only":
+    def _background(self, idx, labels, split_seed, split):
+        if split == "test_object_only":      # plain: the base colour, no texture
             base = 0.25 + 0.5 * rng.uniform(split_seed, "bg/base", idx, 3)
-            bg = base.view(-1, 3, 1, 1).expand(-1, 3, self.size, self.size)
-            colour = object_colours(split_seed, idx, base)
-            mask = self._objects(idx, labels, split_seed)
-            return torch.where(mask.unsqueeze(1), colour.view(-1, 3, 1, 1), bg).contiguous(), mask
+            return base.view(-1, 3, 1, 1).expand(-1, 3, self.size, self.size)
+        return super()._background(idx, labels, split_seed, split)
+
+    def _render(self, idx, labels, split_seed, split):
         img, mask = super()._render(idx, labels, split_seed, split)
         if split == "test_background_only":
-            family = self._background_family(idx, labels, split_seed, split)
-            img = backgrounds(self.size, family, split_seed, idx)
+            img = self._background(idx, labels, split_seed, split)
             mask = torch.zeros_like(mask)
         return img, mask
