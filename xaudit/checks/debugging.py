@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -271,7 +272,8 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[st
             ax.set_title(metric, fontsize=9)
         axes[0].legend(fontsize=6, frameon=False, loc="best")
         rule = next((r.get("rule") for r in verdict_rows if r.get("rule")), "")
-        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n{rule}", fontsize=8)
+        wrapped = "\n".join(textwrap.wrap(str(rule), width=max(60, int(width * 14))))
+        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n{wrapped}", fontsize=8)
         out.append((f"{check}: buggy vs reference model per method ({model}, {world}, seed {seed})", _png(fig)))
     return out
 
