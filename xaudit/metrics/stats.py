@@ -1,4 +1,4 @@
-"""Statistics behind the verdicts: bootstrap confidence intervals (plain and paired) and AUROC.
+"""Statistics behind the verdicts: bootstrap confidence intervals (plain, paired and two-sample) and AUROC.
 
 Randomness comes only from the ``generator`` argument: an int seed (a fresh ``torch.Generator`` seeded with it,
 :func:`xaudit.core.rng.generator`) or a ``torch.Generator`` the caller owns. The global RNG is never used.
@@ -15,7 +15,7 @@ from xaudit.core.errors import ConfigError, check_range
 from xaudit.metrics._base import MEASURES
 from xaudit.metrics.ranks import twice_ranks
 
-__all__ = ["Interval", "bootstrap_ci", "paired_bootstrap", "auroc"]
+__all__ = ["Interval", "bootstrap_ci", "paired_bootstrap", "two_sample_bootstrap", "auroc"]
 
 _DRAW_BUDGET = 1 << 22   # resampled values held at once
 
@@ -75,13 +75,32 @@ def bootstrap_ci(values: torch.Tensor, *, level: float = 0.95, n_boot: int = 200
     """
     check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
     check_range("n_boot", n_boot, 10, 10_000_000)
+    v, one = _as_batch(values, "values")
+    estimate, cnt, means = _resampled_means(v, n_boot, _generator(generator, v.device))
+    low, high = _percentiles(means, level)
+    nan = torch.full_like(estimate, float("nan"))
+    estimate, low, high = (torch.where(cnt == 0, nan, t) for t in (estimate, low, high))
+    if one:
+        estimate, low, high, cnt = estimate[0], low[0], high[0], cnt[0]
+    return Interval(estimate, low, high, cnt, float(level), int(n_boot))
+
+
+def _as_batch(values, field: str) -> tuple[torch.Tensor, bool]:
+    """float64 [B, n] of ``values`` ([n] or [B, n], n >= 1) and whether it was one sample."""
     if not isinstance(values, torch.Tensor):
         values = torch.as_tensor(values)
     if values.dim() not in (1, 2) or values.shape[-1] == 0:
-        raise ConfigError("values", f"must have shape [n] or [B, n] with n >= 1, got {tuple(values.shape)}")
+        raise ConfigError(field, f"must have shape [n] or [B, n] with n >= 1, got {tuple(values.shape)}")
     one = values.dim() == 1
     v = values.reshape(1, -1) if one else values
-    v = v.to(torch.float64)
+    return v.to(torch.float64), one
+
+
+def _resampled_means(v: torch.Tensor, n_boot: int, gen: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``v`` [B, n] (float64): the mean of its finite values [B], their count [B] (int64) and
+    ``n_boot`` means of resamples (with replacement, of that count) of them [B, n_boot]. Rows without
+    a finite value give mean 0 and resampled means 0 (the caller masks them)."""
     b, n = v.shape
     finite = torch.isfinite(v)
     cnt = finite.sum(1)
@@ -91,7 +110,6 @@ def bootstrap_ci(values: torch.Tensor, *, level: float = 0.95, n_boot: int = 200
     vc = torch.where(finite.gather(1, order), vc, torch.zeros_like(vc))
     denom = cnt.clamp_min(1).to(torch.float64)
     estimate = vc.sum(1) / denom
-    gen = _generator(generator, v.device)
     means = torch.empty(b, n_boot, dtype=torch.float64, device=v.device)
     c = max(1, int(cnt.max()))                 # draws per resample (rows with fewer values mask the rest)
     same = bool((cnt == c).all())
@@ -110,13 +128,50 @@ def bootstrap_ci(values: torch.Tensor, *, level: float = 0.95, n_boot: int = 200
             idx = torch.minimum((u * cnt.view(b, 1, 1)).long(), (cnt - 1).clamp_min(0).view(b, 1, 1))
             draws = vc.gather(1, idx.view(b, -1)).view(b, nb, c)
             means[:, s:s + nb] = (draws * col_ok.unsqueeze(1)).sum(-1) / denom.unsqueeze(1)
+    return estimate, cnt, means
+
+
+def _percentiles(stats: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1 - level) / 2 and (1 + level) / 2 quantiles of each row of ``stats`` [B, n_boot] (numpy's
+    linear interpolation): the percentile interval."""
     alpha = (1.0 - level) / 2.0
-    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=v.device)
-    low, high = torch.quantile(means, q, dim=1)
-    none = cnt == 0
+    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=stats.device)
+    low, high = torch.quantile(stats, q, dim=1)
+    return low, high
+
+
+@MEASURES.register("two_sample_bootstrap", kind="statistic", higher_is_better=None, range=None,
+                   reference="percentile bootstrap of a difference of means, each sample resampled "
+                             "independently (scipy.stats.bootstrap, paired=False)")
+def two_sample_bootstrap(a: torch.Tensor, b: torch.Tensor, *, level: float = 0.95, n_boot: int = 2000,
+                         generator: int | torch.Generator = 0) -> Interval:
+    """Mean of ``a`` minus mean of ``b`` for two independent samples (different inputs, so nothing is
+    paired) and its percentile bootstrap interval: each bootstrap replicate resamples ``a`` and ``b``
+    independently, each with its own size, and takes the difference of the two means.
+
+    ``a``: ``[n_a]`` or ``[B, n_a]``; ``b``: ``[n_b]`` or ``[B, n_b]`` with the same ``B`` (row i of ``a``
+    is compared with row i of ``b``, all rows in one batch); ``n_a`` and ``n_b`` may differ. NaN and
+    infinite values are dropped on each side. ``n`` is ``n_a + n_b``, the finite values used on both
+    sides; the estimate and interval are NaN where either side has no finite value. The draws depend
+    on the seed and on the shapes (``a``'s resamples are drawn first, then ``b``'s)."""
+    check_range("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("n_boot", n_boot, 10, 10_000_000)
+    va, one_a = _as_batch(a, "a")
+    vb, one_b = _as_batch(b, "b")
+    if one_a != one_b or va.shape[0] != vb.shape[0]:
+        raise ConfigError("b", f"must have the batch shape of a: both [n] or both [B, n] with the same B; "
+                               f"got a {tuple(torch.as_tensor(a).shape)}, b {tuple(torch.as_tensor(b).shape)}")
+    vb = vb.to(va.device)
+    gen = _generator(generator, va.device)
+    est_a, cnt_a, means_a = _resampled_means(va, n_boot, gen)
+    est_b, cnt_b, means_b = _resampled_means(vb, n_boot, gen)
+    estimate = est_a - est_b
+    low, high = _percentiles(means_a - means_b, level)
+    none = (cnt_a == 0) | (cnt_b == 0)
     nan = torch.full_like(estimate, float("nan"))
     estimate, low, high = (torch.where(none, nan, t) for t in (estimate, low, high))
-    if one:
+    cnt = cnt_a + cnt_b
+    if one_a:
         estimate, low, high, cnt = estimate[0], low[0], high[0], cnt[0]
     return Interval(estimate, low, high, cnt, float(level), int(n_boot))
 
