@@ -216,7 +216,7 @@ def test_gradient_reveals_a_background_only_model(tmp_path):
     rows = run("saliency", artifacts=str(tmp_path))
     for rr in rows:
         assert set(ROW_COLUMNS) <= set(rr) and rr["check"] == "spurious" and rr["method"] == "saliency"
-        assert rr["margin"] == 0.1 and rr["n_boot"] == FAST["n_boot"] and rr["reference_correlation"] == 0.5
+        assert rr["margin"] == 0.05 and rr["n_boot"] == FAST["n_boot"] and rr["reference_correlation"] == 0.5
         assert rr["buggy_background_only_accuracy"] == 0.98 and rr["reference_clean_accuracy"] == 0.95
     # each model's own prediction: class 1 iff the mean intensity s of the pixels it reads is > 0.5
     b = world_mod.get(WORLD_NAME, size=SIZE).sample(range(N_IMG), split="test")
@@ -240,7 +240,7 @@ def test_gradient_reveals_a_background_only_model(tmp_path):
     assert diff["ci_low"] <= diff["value"] <= diff["ci_high"]
     verdict = one(rows, series="verdict")
     assert verdict["metric"] == "background_mass" and verdict["verdict"] == "pass"
-    assert verdict["ci_low"] == diff["ci_low"] > 0.1 and "CI_low" in verdict["rule"]
+    assert verdict["ci_low"] == diff["ci_low"] > 0.05 and "CI_low" in verdict["rule"]
     # SSIM against skimage on the hand-built maps and ground truths
     gt1 = (~m).numpy().astype(np.float64)
     out_r = (~r).numpy().astype(np.float64)
@@ -317,5 +317,5 @@ def test_refuses_a_world_without_the_spurious_cue():
 def test_registered_metadata():
     c = checks_base.get("spurious")
     assert c.worlds == ("spurious",) and c.scorecard_metric == "background_mass"
-    assert c.defaults["reference_spec"] == "spurious-unbiased" and c.defaults["margin"] == 0.1
+    assert c.defaults["reference_spec"] == "spurious-unbiased" and c.defaults["margin"] == 0.05
     assert "pass" in c.description and math.isclose(c.defaults["reference_correlation"], 0.5)

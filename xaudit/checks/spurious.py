@@ -77,7 +77,13 @@ class SpuriousCorrelation(DebuggingCheck):
     extra_defaults = {
         "reference_spec": "spurious-unbiased",   # the reference recipe (trained on the cell's world config)
         "reference_correlation": 0.5,           # ... with this object/background correlation: no cue
-        "margin": 0.1,                          # background mass the buggy maps must add over the reference's
+        # background mass the buggy maps must add over the reference's. The objects cover ~8% of the
+        # image here (radius 18-28% of the side), so a uniform map already puts 0.92 on the background
+        # and the measure has little room: an unbiased CNN's saliency map put 0.83 there (measured), a map
+        # that ignores the object entirely 1.0. 0.1 would ask the reference to put twice the object's
+        # area share on it; 0.05 asks for a shift of more than half the object's area (0.1 was the first
+        # choice; the measured verdicts at both are in docs/protocols.md#2-debugging-tests)
+        "margin": 0.05,
         "require_bug_took": True,               # refuse a buggy model whose card says the cue was not learned
         # the reference must classify by the object (its own unbiased test split) as reliably as the buggy
         # model must classify by the background (the bug criterion, 0.9); below it a difference in the maps
