@@ -602,8 +602,10 @@ class Shift(Bug):
 
     kind: 'invert' (1 - x), 'noise' (Gaussian, sd = severity), 'blur' (box blur, radius
     round(severity * 4) px), 'grayscale', 'contrast' (towards 0.5 by severity), 'world' (the
-    same indices rendered by another world, ``other``, converted to this world's channels and size).
-    Footprint: the whole image.
+    same indices rendered by another world, ``other``, at its default size, brought into this world's
+    frame by :func:`xaudit.world.convert.to_frame`: centrally cropped or padded with 0 (black), one
+    channel repeated or RGB turned to luminance, never resampled, so each kept pixel is a pixel of
+    the other world's image). Footprint: the whole image.
     """
 
     kind = "shift"
@@ -648,14 +650,11 @@ class Shift(Bug):
             y = 0.5 + (1 - self.severity) * (x - 0.5)
         else:
             from xaudit.world.base import WORLDS
+            from xaudit.world.convert import to_frame
 
             other = WORLDS.get(self.other)()
             o = other.sample(batch.indices, split="test" if "test" in other.splits else "train").images
-            if o.shape[1] != x.shape[1]:
-                o = o.mean(1, keepdim=True) if x.shape[1] == 1 else o.expand(-1, x.shape[1], -1, -1)
-            if o.shape[-1] != x.shape[-1]:
-                o = torch.nn.functional.interpolate(o, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            y = o.clamp(0, 1).contiguous()
+            y = to_frame(o, x.shape[1], tuple(x.shape[-2:]), fill=0.0).clamp(0, 1)
         batch.images = y.contiguous()
         n, _, h, w = x.shape
         self._record(batch, torch.ones(n, dtype=torch.bool), torch.ones(n, h, w, dtype=torch.bool))
