@@ -236,11 +236,12 @@ def test_models_per_world_and_the_shift_spec_validates():
     c = checks_base.get("ood")
     digits = c.models({}, "clean", 3, DIGITS)
     assert digits[:2] == [ModelRef("clean", 3), ModelRef("clean", 4)]
-    assert digits[2] == ModelRef("clean", 3, world={"world": "shapes", "size": 32, "seed": 0})
+    # the out-of-domain model is trained at seed + offset too: both compared pairs differ in their seed
+    assert digits[2] == ModelRef("clean", 4, world={"world": "shapes", "size": 32, "seed": 0})
     shapes = c.models({"reference_seed_offset": 5}, "clean", 0, {"world": "shapes", "size": 32, "seed": 0})
     assert shapes[1] == ModelRef("clean", 5) and len(shapes) == 3
     spec = shapes[2].spec
-    assert spec["base"] == "clean" and spec["name"] == "clean+invert" and shapes[2].seed == 0
+    assert spec["base"] == "clean" and spec["name"] == "clean+invert" and shapes[2].seed == 5
     s = load_spec(spec)
     assert s.world_config["world"] == "shapes"
     assert [b["kind"] for b in s.bugs] == ["shift"] and s.bugs[0]["shift_kind"] == "invert"
@@ -249,7 +250,7 @@ def test_models_per_world_and_the_shift_spec_validates():
 
 def test_identical_models_give_similarity_one_and_difference_zero():
     m = tiny(0)
-    zoo = Zoo({("in", 0): m, ("in", 1): m, ("shift", 0): m})
+    zoo = Zoo({("in", 0): m, ("in", 1): m, ("shift", 1): m})
     rows = run(zoo)
     for series in ("buggy", "reference"):
         for metric in MEASURES:
@@ -265,7 +266,7 @@ def test_identical_models_give_similarity_one_and_difference_zero():
 
 
 def test_difference_is_the_paired_mean_of_scipy_spearman():
-    zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 0): tiny(2)})
+    zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)})
     rows = run(zoo)
     x = world_mod.get(WORLD_NAME).sample(range(N_IMG), split="test").images
 
@@ -275,7 +276,7 @@ def test_difference_is_the_paired_mean_of_scipy_spearman():
         out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
         return core_maps.abs_map(x_.grad).numpy()
 
-    a, b, c = (abs_maps(zoo.models[k]) for k in (("in", 0), ("in", 1), ("shift", 0)))
+    a, b, c = (abs_maps(zoo.models[k]) for k in (("in", 0), ("in", 1), ("shift", 1)))
     ref = [scipy.stats.spearmanr(a[i].ravel(), b[i].ravel())[0] for i in range(N_IMG)]
     bug = [scipy.stats.spearmanr(a[i].ravel(), c[i].ravel())[0] for i in range(N_IMG)]
     (r_ref,) = by(rows, series="reference", metric="spearman_abs")
@@ -297,7 +298,7 @@ def test_shift_accuracy_columns():
             s = x.mean((1, 2, 3))
             return torch.stack([0.5 - s, s - 0.5, 0 * s], 1)
 
-    zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 0): MeanClassifier()})
+    zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): MeanClassifier()})
     rows = run(zoo)
     b = world_mod.get(WORLD_NAME).sample(range(N_IMG), split="test")
     expect = float((b.true_labels == 0).double().mean())
@@ -311,7 +312,7 @@ def test_shift_accuracy_columns():
 
 def test_a_very_different_model_reveals_the_shift():
     m = tiny(0)
-    zoo = Zoo({("in", 0): m, ("in", 1): m, ("shift", 0): PixelReader(3, 11)})
+    zoo = Zoo({("in", 0): m, ("in", 1): m, ("shift", 1): PixelReader(3, 11)})
     rows = run(zoo, params={"margin": 0.05})
     (v,) = by(rows, series="verdict", metric="spearman_abs")
     assert v["ci_high"] < -0.05 and v["verdict"] == "pass"
@@ -322,11 +323,11 @@ def test_a_very_different_model_reveals_the_shift():
 @pytest.mark.parametrize("cross_world", [False, True])
 def test_model_independent_maps_give_zero_difference_and_fail(method, cross_world):
     if cross_world:
-        zoo = Zoo({("in", 0): tiny(0, 1, 10), ("in", 1): tiny(1, 1, 10), ("world", 0): tiny(2, 3, 10)})
+        zoo = Zoo({("in", 0): tiny(0, 1, 10), ("in", 1): tiny(1, 1, 10), ("world", 1): tiny(2, 3, 10)})
         rows = run(zoo, method=method, world=DIGITS,
                    params={"domains": {"digits": [{"world": {"world": "shapes", "size": 32, "seed": 0}}]}})
     else:
-        zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 0): tiny(2)})
+        zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)})
         rows = run(zoo, method=method)
     verdicts = by(rows, series="verdict")
     assert {r["metric"] for r in verdicts} == set(MEASURES)
@@ -338,7 +339,7 @@ def test_model_independent_maps_give_zero_difference_and_fail(method, cross_worl
 def test_cross_frame_maps_line_up_with_the_input(tmp_path):
     # a shapes-frame model (3 x 32 x 32) reading frame pixel (10, 20): digits pixel (8, 18) after the 2 px pad
     reader = PixelReader(10, 20)
-    zoo = Zoo({("in", 0): tiny(0, 1, 10), ("in", 1): tiny(1, 1, 10), ("world", 0): reader})
+    zoo = Zoo({("in", 0): tiny(0, 1, 10), ("in", 1): tiny(1, 1, 10), ("world", 1): reader})
     rows = run(zoo, world=DIGITS, artifacts=str(tmp_path),
                params={"domains": {"digits": [{"world": {"world": "shapes", "size": 32, "seed": 0}}]}})
     (npz,) = list(tmp_path.glob("debugging__ood__*.npz"))
@@ -360,11 +361,11 @@ def test_refuses_a_model_whose_bug_did_not_take():
     bad = {"bug_took": False, "name": "clean+invert", "seed": 0, "spec_hash": "x",
            "bug_criteria": [{"bug": "shift_invert", "metric": "none", "value": None, "took": False,
                              "criterion": "the invert criterion was not met"}]}
-    models = {("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 0): tiny(2)}
+    models = {("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)}
     with pytest.raises(BugDidNotTake, match="the invert criterion was not met") as e:
-        run(Zoo(models, cards={("shift", 0): bad}))
+        run(Zoo(models, cards={("shift", 1): bad}))
     assert "ood refuses model" in str(e.value)
-    rows = run(Zoo(models, cards={("shift", 0): bad}), params={"require_bug_took": False})
+    rows = run(Zoo(models, cards={("shift", 1): bad}), params={"require_bug_took": False})
     assert len(by(rows, series="verdict")) == len(MEASURES)
 
 
@@ -415,7 +416,7 @@ def test_a_world_without_a_domain_is_not_applicable():
 
 def test_figure_data_and_failures(tmp_path):
     m = tiny(0)
-    rows = run(Zoo({("in", 0): m, ("in", 1): tiny(1), ("shift", 0): tiny(2)}), artifacts=str(tmp_path))
+    rows = run(Zoo({("in", 0): m, ("in", 1): tiny(1), ("shift", 1): tiny(2)}), artifacts=str(tmp_path))
     (npz,) = list(tmp_path.glob("debugging__ood__*.npz"))
     d = np.load(npz)
     assert [str(s) for s in d["panel_labels"]] == ["in-domain model", "in-domain, other seed", "shift:invert model"]

@@ -8,7 +8,12 @@ cell's world; the models are
 
 - the in-domain model: the cell's model group at seed s, and the same spec at seed s + offset
   (``reference_seed_offset``): how far maps move between two equally good in-domain models;
-- one out-of-domain model per entry of ``domains[<cell world>]``:
+- one out-of-domain model per entry of ``domains[<cell world>]``, trained with seed s + offset too:
+  both compared pairs then differ in their training seed (initialization, data order), so a
+  difference between them is the domain's. (With the out-of-domain model at seed s, a model trained
+  on inverted shapes shared its initialization and data order with the in-domain model, and its maps
+  were *more* alike the in-domain model's than those of the in-domain model's other seed: +0.28 SSIM
+  for saliency, measured.) Its entries:
 
   - ``{"world": cfg}``: the model group trained on another world. It sees the cell's inputs through
     :func:`xaudit.world.convert.to_frame` (central pad or crop with ``fill``, default 0, channels
@@ -32,7 +37,7 @@ for a reason that has nothing to do with the model.
 
 Per out-of-domain model and measure (Spearman of abs maps, Spearman of signed maps, SSIM of 0-1 maps,
 HOG similarity), per image: ``reference`` = in-domain seed s vs seed s + offset; ``buggy`` =
-in-domain seed s vs the out-of-domain model; ``difference`` = buggy - reference (paired per image);
+in-domain seed s vs the out-of-domain model (seed s + offset); ``difference`` = buggy - reference (paired per image);
 ``calibration`` = in-domain seed s vs a seeded ``random`` map (about 0). ``reference`` and
 ``calibration`` do not depend on the domain: one row each per measure, ``domain`` None.
 
@@ -230,7 +235,7 @@ class OutOfDistribution(DebuggingCheck):
         p = self.resolve(params)
         refs = [ModelRef(model_group, seed), ModelRef(model_group, seed + p["reference_seed_offset"])]
         if world is not None:
-            refs += [d.ref(model_group, seed) for d in domains_for(p, world)]
+            refs += [d.ref(model_group, seed + p["reference_seed_offset"]) for d in domains_for(p, world)]
         return refs
 
     def run(self, ctx: CheckContext) -> list[dict[str, Any]]:
@@ -274,8 +279,9 @@ class OutOfDistribution(DebuggingCheck):
         extra: dict[str, dict[str, Any]] = {}
         ood_maps: dict[str, Maps] = {}
         for d in domains:
-            ood_model, card = load(d.ref(ctx.model_group, ctx.seed))
+            ood_model, card = load(d.ref(ctx.model_group, ctx.seed + offset))
             maps, cols = self._explain_ood(ctx, d, explainer, ood_model, card, x, labels, explain_seed)
+            cols["ood_seed"] = ctx.seed + offset
             sims[("buggy", d.label)] = similarity.compare(in_maps, maps, None)
             ood_maps[d.label], extra[d.label] = maps, cols
 
