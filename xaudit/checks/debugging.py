@@ -224,10 +224,17 @@ def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str 
     return measures_figure(check, rows) + grids(check, artifacts, n_inputs)
 
 
-def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    """Per (model, world, seed): one panel per verdict metric, methods along x; the buggy model's value
-    (filled dot, CI bar), the reference model's (open dot, CI bar), the random-map calibration (grey
-    band); each method's verdict letter under its name."""
+def measures_figure(check: str, rows: Sequence[dict[str, Any]],
+                    marks: Sequence[tuple[str, str, str | None]] | None = None,
+                    what: str = "buggy vs reference model per method") -> list[tuple[str, bytes]]:
+    """Per (model, world, seed): one panel per verdict (its metric, and its ``domain`` where the test
+    has several), methods along x; by default the buggy model's value (filled dot, CI bar) and the
+    reference model's (open dot, CI bar) on the inputs the verdict names (its ``subset``), the
+    random-map calibration (grey band), and each method's verdict letter under its name.
+
+    ``marks``: what to draw instead, as (legend label, series, subset) pairs, the first filled, the
+    second open (the mislabeled test draws series ``buggy`` on its ``flipped`` and ``correct`` subsets);
+    ``what``: the figure's title after the check's name."""
     from matplotlib.figure import Figure
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -235,31 +242,35 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[st
         if r.get("check") == check and r.get("series") in ("buggy", "reference", "calibration", "verdict"):
             groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
     out = []
+    styles = (("C3", "C3", -0.12), ("none", "C0", 0.12))
     for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         verdict_rows = [r for r in rs if r.get("series") == "verdict"]
-        metrics = list(dict.fromkeys(str(r["metric"]) for r in verdict_rows))
-        if not metrics:
+        panels = list(dict.fromkeys((str(r["metric"]), r.get("domain")) for r in verdict_rows))
+        if not panels:
             continue
         methods = sorted({r["method"] for r in rs})
-        width = max(6.0, 0.22 * len(methods) * len(metrics) + 1.5)
+        width = max(6.0, 0.22 * len(methods) * len(panels) + 1.5)
         fig = Figure(figsize=(width, 4.4))
-        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
         fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.36, top=0.82, wspace=0.25)
         xs = np.arange(len(methods))
-        for ax, metric in zip(axes, metrics):
-            sel = [r for r in rs if str(r["metric"]) == metric]
-            # a test with several input subsets draws the one its verdict names (else the first)
-            subsets = [r.get("subset") for r in sel if r.get("series") in ("buggy", "reference")]
-            vsub = next((r.get("subset") for r in sel if r.get("series") == "verdict"), None)
-            shown = vsub if vsub in subsets else (subsets[0] if subsets else None)
-            for series, face, colour, dx in (("buggy", "C3", "C3", -0.12), ("reference", "none", "C0", 0.12)):
-                pts = {r["method"]: r for r in sel if r.get("series") == series and r.get("subset") == shown}
-                ys = np.array([_f(pts[m]["value"]) if m in pts else math.nan for m in methods])
-                lo = np.array([_f(pts[m]["ci_low"]) if m in pts else math.nan for m in methods])
-                hi = np.array([_f(pts[m]["ci_high"]) if m in pts else math.nan for m in methods])
-                ax.vlines(xs + dx, lo, hi, color=colour, lw=1)
-                ax.scatter(xs + dx, ys, marker="o", s=16, facecolors=face, edgecolors=colour, zorder=3,
-                           label=f"{series} model" + (f" ({shown})" if shown else ""))
+        for ax, (metric, domain) in zip(axes, panels):
+            # rows of this panel: its metric, and its domain or none (a series shared by every domain)
+            sel = [r for r in rs if str(r["metric"]) == metric and r.get("domain") in (None, domain)]
+            if marks is None:
+                vsub = next((r.get("subset") for r in sel if r.get("series") == "verdict"), None)
+                subsets = [r.get("subset") for r in sel if r.get("series") in ("buggy", "reference")]
+                shown = vsub if vsub in subsets else (subsets[0] if subsets else None)
+                drawn = [("buggy model" + (f" ({shown})" if shown else ""), "buggy", shown),
+                         ("reference model" + (f" ({shown})" if shown else ""), "reference", shown)]
+            else:
+                drawn = list(marks)
+            for (label, series, subset), (face, colour, dx) in zip(drawn, styles):
+                pts = {r["method"]: r for r in sel if r.get("series") == series and r.get("subset") == subset}
+                get = lambda key: np.array([_f(pts[m][key]) if m in pts else math.nan for m in methods])  # noqa: E731
+                ax.vlines(xs + dx, get("ci_low"), get("ci_high"), color=colour, lw=1)
+                ax.scatter(xs + dx, get("value"), marker="o", s=16, facecolors=face, edgecolors=colour, zorder=3,
+                           label=label)
             cal = [r for r in sel if r.get("series") == "calibration"]
             lo_c = [_f(r["ci_low"]) for r in cal]
             hi_c = [_f(r["ci_high"]) for r in cal]
@@ -267,14 +278,14 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[st
                 ax.axhspan(float(np.nanmin(lo_c)), float(np.nanmax(hi_c)), color="0.85", zorder=0,
                            label="random map (calibration)")
             codes = {r["method"]: VERDICT_CODE.get(str(r.get("verdict")), "-") for r in sel
-                     if r.get("series") == "verdict"}
+                     if r.get("series") == "verdict" and r.get("domain") == domain}
             ax.set_xticks(xs, [f"{m} {codes.get(m, '')}" for m in methods], rotation=90, fontsize=6)
-            ax.set_title(metric, fontsize=9)
+            ax.set_title(metric + (f" ({domain})" if domain else ""), fontsize=9)
         axes[0].legend(fontsize=6, frameon=False, loc="best")
         rule = next((r.get("rule") for r in verdict_rows if r.get("rule")), "")
         wrapped = "\n".join(textwrap.wrap(str(rule), width=max(60, int(width * 14))))
         fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n{wrapped}", fontsize=8)
-        out.append((f"{check}: buggy vs reference model per method ({model}, {world}, seed {seed})", _png(fig)))
+        out.append((f"{check}: {what} ({model}, {world}, seed {seed})", _png(fig)))
     return out
 
 

@@ -53,17 +53,15 @@ accuracies, ``margin``, ``rule``, ``ci_level``, ``n_boot`` and the similarity pa
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from xaudit.checks.base import CHECKS, VERDICT_CODE, CheckContext, ModelRef, row
-from xaudit.checks.debugging import (DebuggingCheck, failure_rows, grids, margin_verdict, rule_text, save_panels,
-                                     series_cis, summary)
+from xaudit.checks.base import CHECKS, CheckContext, ModelRef, row
+from xaudit.checks.debugging import (DebuggingCheck, failure_rows, grids, margin_verdict, measures_figure,
+                                     rule_text, save_panels, series_cis, summary)
 from xaudit.checks.toolkit import Maps, Similarity, explain_maps, finite_or_none, make_world, post_process, predict
 from xaudit.core import rng
 from xaudit.core.errors import ConfigError
@@ -352,54 +350,6 @@ class MislabeledExamples(DebuggingCheck):
 
     # -- figures
     def figures(self, rows: Sequence[dict[str, Any]], artifacts: Sequence[Path]) -> list[tuple[str, bytes]]:
-        return measures_figure(self.name, rows) + grids(self.name, artifacts)
-
-
-def measures_figure(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    """Per (model, world, seed): one panel per verdict measure, methods along x; the cross-model
-    similarity on flipped examples (filled dot, CI bar) and on correct examples (open dot), the
-    random-map calibration (grey band); each method's verdict letter under its name. (The generic
-    debugging figure draws one subset of a buggy and a reference series; here both subsets are
-    series ``buggy``.)"""
-    from matplotlib.figure import Figure
-
-    from xaudit.checks.debugging import _f, _png
-
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get("check") == check and r.get("series") in ("buggy", "calibration", "verdict"):
-            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
-    out = []
-    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        metrics = list(dict.fromkeys(str(r["metric"]) for r in rs if r.get("series") == "verdict"))
-        if not metrics:
-            continue
-        methods = sorted({r["method"] for r in rs})
-        width = max(6.0, 0.22 * len(methods) * len(metrics) + 1.5)
-        fig = Figure(figsize=(width, 4.4))
-        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-        fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.36, top=0.82, wspace=0.25)
-        xs = np.arange(len(methods))
-        for ax, metric in zip(axes, metrics):
-            sel = [r for r in rs if str(r["metric"]) == metric]
-            for subset, face, colour, dx in (("flipped", "C3", "C3", -0.12), ("correct", "none", "C0", 0.12)):
-                pts = {r["method"]: r for r in sel if r.get("series") == "buggy" and r.get("subset") == subset}
-                get = lambda key: np.array([_f(pts[m][key]) if m in pts else np.nan for m in methods])  # noqa: E731
-                ax.vlines(xs + dx, get("ci_low"), get("ci_high"), color=colour, lw=1)
-                ax.scatter(xs + dx, get("value"), marker="o", s=16, facecolors=face, edgecolors=colour, zorder=3,
-                           label=f"{subset} examples")
-            cal = [r for r in sel if r.get("series") == "calibration"]
-            lo_c, hi_c = [_f(r["ci_low"]) for r in cal], [_f(r["ci_high"]) for r in cal]
-            if cal and np.isfinite(lo_c).any() and np.isfinite(hi_c).any():
-                ax.axhspan(float(np.nanmin(lo_c)), float(np.nanmax(hi_c)), color="0.85", zorder=0,
-                           label="random map (calibration)")
-            codes = {r["method"]: VERDICT_CODE.get(str(r.get("verdict")), "-") for r in sel
-                     if r.get("series") == "verdict"}
-            ax.set_xticks(xs, [f"{m} {codes.get(m, '')}" for m in methods], rotation=90, fontsize=6)
-            ax.set_title(metric, fontsize=9)
-        axes[0].legend(fontsize=6, frameon=False, loc="best")
-        rule = next((r.get("rule") for r in rs if r.get("series") == "verdict" and r.get("rule")), "")
-        fig.suptitle(f"{check} — model {model} vs its reference, world {world}, seed {seed}\n{rule}", fontsize=8)
-        out.append((f"{check}: similarity on flipped vs correct examples per method ({model}, {world}, seed {seed})",
-                    _png(fig)))
-    return out
+        marks = [("flipped examples", "buggy", "flipped"), ("correct examples", "buggy", "correct")]
+        return (measures_figure(self.name, rows, marks, what="flipped vs correct examples per method")
+                + grids(self.name, artifacts))

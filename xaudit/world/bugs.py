@@ -16,7 +16,6 @@ an :class:`Evidence` (the model's predictions and the eval settings; bugs never 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
