@@ -425,3 +425,20 @@ def test_figure_data_and_failures(tmp_path):
     figs = checks_base.get("ood").figures(rows, [tmp_path])
     assert figs and all(isinstance(png, bytes) and png[:4] == b"\x89PNG" for _, png in figs)
     assert not any(math.isnan(r["value"]) for r in rows if r["value"] is not None)
+
+
+def test_in_domain_maps_are_the_sanity_checks_maps_from_the_memo():
+    # one explanation seed for every check: the OOD test's two in-domain map sets are the random-logit
+    # check's original and retrain-reference maps on the same images, served by the worker's memo
+    from xaudit.checks.memo import EXPLANATIONS
+
+    zoo = Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)})
+    EXPLANATIONS.clear()
+    sanity = CheckContext(check="random_logit", method="saliency", method_params={}, model_group="clean",
+                          world=dict(WORLD), seed=0, params={"n_images": N_IMG, "n_boot": 200, "figure_images": 0},
+                          load_model=zoo)
+    checks_base.get("random_logit").run(sanity)
+    hits, misses = EXPLANATIONS.hits, EXPLANATIONS.misses
+    run(zoo)
+    assert EXPLANATIONS.hits - hits == 2            # in-domain seed 0 and seed 1
+    assert EXPLANATIONS.misses - misses == 1         # only the out-of-domain model is explained

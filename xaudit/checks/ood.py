@@ -58,6 +58,7 @@ import torch
 from xaudit.checks.base import CHECKS, CheckContext, ModelRef, row
 from xaudit.checks.debugging import (DebuggingCheck, failure_rows, margin_verdict, rule_text, save_panels,
                                      series_cis, summary)
+from xaudit.checks.toolkit import explain_seed as shared_explain_seed
 from xaudit.checks.toolkit import (Maps, Similarity, check_int, explain_maps, explain_robust, load_batch,
                                    finite_or_none, make_world, post_process, predict, stream_seed)
 from xaudit.core import rng
@@ -255,7 +256,9 @@ class OutOfDistribution(DebuggingCheck):
         x = batch.images.to(ctx.device)
         labels = batch.true_labels
         size = tuple(x.shape[-2:])
-        explain_seed = stream_seed(ctx.seed, f"ood/explain/{ctx.method}")
+        # the sanity checks' seed: the two in-domain map sets are their original and retrain-reference maps,
+        # found in the worker's memo when the same worker ran them
+        explain_seed = shared_explain_seed(ctx.seed, ctx.method)
         offset = p["reference_seed_offset"]
 
         def load(ref: ModelRef):

@@ -46,7 +46,7 @@ import torch
 
 from xaudit.checks.base import VERDICTS, Check, CheckContext, ModelRef, row  # noqa: F401  (VERDICTS: re-exported)
 from xaudit.checks.toolkit import (Maps, Similarity, as_nan, bootstrap_mean_cis, check_int, explain_maps,
-                                   finite_or_none, load_images, post_process, predict, stream_seed)
+                                   explain_seed, finite_or_none, load_images, post_process, predict, stream_seed)
 from xaudit.core import rng
 from xaudit.core.errors import ConfigError, check_choice, check_range
 
@@ -219,7 +219,7 @@ class SanityRun:
         self.x = self.x.to(self.device)
         self.labels = self.labels.to(self.device)
         self.explainer = explain.get(ctx.method, **(ctx.method_params or {}))
-        self.explain_seed = stream_seed(ctx.seed, f"sanity/explain/{ctx.method}")
+        self.explain_seed = explain_seed(ctx.seed, ctx.method)
         self.similarity = Similarity(p, self.x.shape[-1])
         self.original_target = predict(self.model, self.x)
         self.original: Maps | None = None

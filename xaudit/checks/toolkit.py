@@ -194,6 +194,15 @@ class Similarity:
         return out
 
 
+def explain_seed(seed: int, method: str) -> int:
+    """The seed of a method's random draws in a cell of seed ``seed``, the same for every check: a
+    check that explains a model on the images another check explained (the in-domain maps of the OOD
+    test are the sanity checks' original and retrain-reference maps) then finds the explanation in
+    the worker's memo instead of computing it again. (The stream keeps the sanity checks' name, so
+    their values did not change when the other families started sharing it.)"""
+    return stream_seed(seed, f"sanity/explain/{method}")
+
+
 def explain_maps(explainer, model, x: torch.Tensor, target: torch.Tensor, seed: int) -> Maps:
     """Post-processed maps of ``model`` explaining ``target`` on ``x``, through the worker's
     explanation memo (:mod:`xaudit.checks.memo`): an explanation computed by an earlier cell of this
