@@ -14,7 +14,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-IDENTITY = ("series", "stage", "block", "failed_maps")
+IDENTITY = ("series", "stage", "block", "failed_maps", "subset", "domain")   # subset, domain: debugging tests
 
 
 def load(run_dir: str) -> dict[tuple, dict]:
