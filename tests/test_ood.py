@@ -442,3 +442,12 @@ def test_in_domain_maps_are_the_sanity_checks_maps_from_the_memo():
     run(zoo)
     assert EXPLANATIONS.hits - hits == 2            # in-domain seed 0 and seed 1
     assert EXPLANATIONS.misses - misses == 1         # only the out-of-domain model is explained
+
+
+def test_figures_draw_one_panel_per_measure_and_domain(tmp_path):
+    rows = run(Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)}), artifacts=str(tmp_path))
+    figs = checks_base.get("ood").figures(rows, [tmp_path])
+    titles = [t for t, _ in figs]
+    assert any("in-domain vs out-of-domain maps per method" in t for t in titles)
+    assert any("maps per method, input 0" in t for t in titles)
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)

@@ -259,7 +259,7 @@ def test_gradient_reveals_a_background_only_model(tmp_path):
     files = list(tmp_path.glob("debugging__spurious__saliency__*.npz"))
     assert len(files) == 1
     d = np.load(files[0])
-    assert list(d["panel_labels"]) == ["buggy model", "reference model", "GT-1", "GT-2 (buggy model)"]
+    assert list(d["panel_labels"]) == ["buggy model", "reference model", "GT-1", "GT-2 (buggy)"]
     assert d["panels"].shape == (4, 2, SIZE, SIZE)
     np.testing.assert_array_equal(d["panels"][0], np.broadcast_to(out_r, (2, SIZE, SIZE)))
     np.testing.assert_array_equal(d["panels"][2], gt1[:2])

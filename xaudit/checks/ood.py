@@ -304,6 +304,15 @@ class OutOfDistribution(DebuggingCheck):
             save_panels(ctx, x[:k], panels, failed, domains=[d.label for d in domains])
         return rows
 
+    def figures(self, rows, artifacts):
+        """The measures per method (one panel per measure and domain: the in/out pair filled, the
+        in-domain pair open) and the map grids."""
+        from xaudit.checks.debugging import grids, measures_figure
+
+        marks = [("in-domain vs out-of-domain model", "buggy", None), ("in-domain pair (other seed)", "reference", None)]
+        return (measures_figure(self.name, rows, marks, what="in-domain vs out-of-domain maps per method")
+                + grids(self.name, artifacts))
+
     # -- the out-of-domain model's maps, in the input's frame
     @staticmethod
     def _explain_ood(ctx: CheckContext, d: Domain, explainer, model, card: dict, x: torch.Tensor,

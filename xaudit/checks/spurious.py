@@ -229,10 +229,10 @@ class SpuriousCorrelation(DebuggingCheck):
         if k:
             save_panels(ctx, x[:k].cpu(),
                         {"buggy model": buggy.abs[:k], "reference model": reference.abs[:k], "GT-1": gt1[:k],
-                         "GT-2 (buggy model)": gt2_buggy[:k]},
+                         "GT-2 (buggy)": gt2_buggy[:k]},
                         failed={"buggy model": [f is not None for f in buggy.failed[:k]],
                                 "reference model": [f is not None for f in reference.failed[:k]],
-                                "GT-2 (buggy model)": [w is not None for w in gt2_buggy_why[:k]]},
+                                "GT-2 (buggy)": [w is not None for w in gt2_buggy_why[:k]]},
                         map_normalization="abs (model maps); ground truths as defined")
         return out
 
