@@ -309,7 +309,8 @@ class OutOfDistribution(DebuggingCheck):
         in-domain pair open) and the map grids."""
         from xaudit.checks.debugging import grids, measures_figure
 
-        marks = [("in-domain vs out-of-domain model", "buggy", None), ("in-domain pair (other seed)", "reference", None)]
+        marks = [("in-domain vs out-of-domain model", "buggy", None),
+                 ("in-domain pair (other seed)", "reference", None)]
         return (measures_figure(self.name, rows, marks, what="in-domain vs out-of-domain maps per method")
                 + grids(self.name, artifacts))
 
