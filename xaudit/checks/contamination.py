@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 from xaudit.checks import debugging
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
-from xaudit.core.errors import ConfigError, NotApplicable, check_range
+from xaudit.checks.toolkit import merge_params
+from xaudit.core.errors import NotApplicable, check_range
 
 MEASURES = ("spearman_abs", "spearman_signed", "ssim", "hog")   # edge_similarity is no similarity to the original
 
@@ -54,12 +55,7 @@ class ModelContamination(Check):
         return []
 
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(f"{self.name}.{unknown[0]}",
-                              f"unknown parameter; {self.name} takes: {', '.join(sorted(self.defaults))}")
-        p = {**self.defaults, **params}
+        p = merge_params(self.name, dict(params or {}), self.defaults)
         check_range(f"{self.name}.margin", p["margin"], 0.0, 2.0)
         return p
 

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row
-from xaudit.checks.toolkit import (Maps, bootstrap_mean_cis, check_int, finite_or_none, stream_seed)
-from xaudit.core.errors import ConfigError, check_choice, check_range
+from xaudit.checks.toolkit import Maps, bootstrap_mean_cis, check_map_params, finite_or_none, merge_params, stream_seed
+from xaudit.core.errors import check_bool, check_choice, check_range
 
 CITATION = ("Adebayo, Muelly, Liccardi, Kim. Debugging Tests for Model Explanations. NeurIPS 2020")
 SERIES = ("buggy", "reference", "calibration", "difference", "verdict", "separability", "failures")
@@ -58,23 +58,15 @@ DEFAULTS: dict[str, Any] = {
 
 
 def resolve_params(check: str, params: dict[str, Any], extra_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults merged with ``params``; the shared values validated (ConfigError names the parameter).
-    Each test validates its own extra parameters."""
-    base = {**DEFAULTS, **(extra_defaults or {})}
-    unknown = sorted(set(params) - set(base))
-    if unknown:
-        raise ConfigError(f"{check}.{unknown[0]}", f"unknown parameter; {check} takes: {', '.join(sorted(base))}")
-    p = {**base, **params}
-    check_int(f"{check}.n_images", p["n_images"], 2, 1_000_000)
-    check_range(f"{check}.ci_level", p["ci_level"], 0.5, 1.0, hi_open=True)
-    check_int(f"{check}.n_boot", p["n_boot"], 100, 1_000_000)
-    check_range(f"{check}.ssim_data_range", p["ssim_data_range"], 0.0, 1e6, lo_open=True)
-    if p["hog_pixels_per_cell"] != "auto":
-        check_int(f"{check}.hog_pixels_per_cell", p["hog_pixels_per_cell"], 1, 1024, extra="or 'auto'")
-    check_choice(f"{check}.hog_correlation", p["hog_correlation"], ("spearman", "pearson"))
-    check_int(f"{check}.figure_images", p["figure_images"], 0, 64)
+    """Defaults merged with ``params``; the shared values validated (ConfigError names the parameter),
+    and ``margin`` and ``require_bug_took`` where a test takes them. Each test validates its own extra
+    parameters."""
+    p = merge_params(check, params, {**DEFAULTS, **(extra_defaults or {})})
+    check_map_params(check, p)
     if "margin" in p:
         check_range(f"{check}.margin", p["margin"], 0.0, 2.0)
+    if "require_bug_took" in p:
+        check_bool(f"{check}.require_bug_took", p["require_bug_took"])
     return p
 
 

@@ -221,8 +221,6 @@ class MislabeledExamples(DebuggingCheck):
         for key in ("reference_spec", "bug"):
             if not isinstance(p[key], str) or not p[key]:
                 raise ConfigError(f"{self.name}.{key}", f"must be a non-empty name, got {p[key]!r}")
-        if not isinstance(p["require_bug_took"], bool):
-            raise ConfigError(f"{self.name}.require_bug_took", f"must be true or false, got {p['require_bug_took']!r}")
         return p
 
     def models(self, params: dict[str, Any], model_group: str, seed: int,

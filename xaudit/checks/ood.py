@@ -226,8 +226,6 @@ class OutOfDistribution(DebuggingCheck):
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         p = super().resolve(params)
         check_int("ood.reference_seed_offset", p["reference_seed_offset"], 1, 1_000_000)
-        if not isinstance(p["require_bug_took"], bool):
-            raise ConfigError("ood.require_bug_took", f"must be true or false, got {p['require_bug_took']!r}")
         check_domains(p["domains"])
         return p
 

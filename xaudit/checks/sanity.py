@@ -45,10 +45,11 @@ import numpy as np
 import torch
 
 from xaudit.checks.base import VERDICTS, Check, CheckContext, ModelRef, row  # noqa: F401  (VERDICTS: re-exported)
-from xaudit.checks.toolkit import (Maps, Similarity, as_nan, bootstrap_mean_cis, check_int, explain_maps,
-                                   explain_seed, finite_or_none, load_images, post_process, predict, stream_seed)
+from xaudit.checks.toolkit import (Maps, Similarity, as_nan, bootstrap_mean_cis, check_int, check_map_params,
+                                   explain_maps, explain_seed, finite_or_none, load_images, merge_params,
+                                   post_process, predict, stream_seed)
 from xaudit.core import rng
-from xaudit.core.errors import ConfigError, check_choice, check_range
+from xaudit.core.errors import ConfigError, check_bool, check_choice, check_range
 
 METRICS = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
 TARGETS = ("current", "original", "label")  # which logit each model explains
@@ -92,27 +93,15 @@ DEFAULTS: dict[str, Any] = {
 # ------------------------------------------------------------------------------------ parameters
 def resolve_params(check: str, params: dict[str, Any], extra_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults merged with ``params``; every value validated (ConfigError names the parameter)."""
-    base = {**DEFAULTS, **(extra_defaults or {})}
-    unknown = sorted(set(params) - set(base))
-    if unknown:
-        raise ConfigError(f"{check}.{unknown[0]}", f"unknown parameter; {check} takes: {', '.join(sorted(base))}")
-    p = {**base, **params}
-    check_int(f"{check}.n_images", p["n_images"], 2, 1_000_000)
+    p = merge_params(check, params, {**DEFAULTS, **(extra_defaults or {})})
+    check_map_params(check, p)
     check_choice(f"{check}.split", p["split"], ("train", "test"))
     check_choice(f"{check}.target", p["target"], TARGETS)
     check_range(f"{check}.tau", p["tau"], -1.0, 1.0)
     if p["verdict_stage"] != "half":
         check_int(f"{check}.verdict_stage", p["verdict_stage"], 1, 10_000, extra="or 'half'")
-    check_range(f"{check}.ci_level", p["ci_level"], 0.5, 1.0, hi_open=True)
-    check_int(f"{check}.n_boot", p["n_boot"], 100, 1_000_000)
-    if not isinstance(p["retrain_reference"], bool):
-        raise ConfigError(f"{check}.retrain_reference", f"must be true or false, got {p['retrain_reference']!r}")
+    check_bool(f"{check}.retrain_reference", p["retrain_reference"])
     check_int(f"{check}.reference_seed_offset", p["reference_seed_offset"], 1, 1_000_000)
-    check_range(f"{check}.ssim_data_range", p["ssim_data_range"], 0.0, 1e6, lo_open=True)
-    if p["hog_pixels_per_cell"] != "auto":
-        check_int(f"{check}.hog_pixels_per_cell", p["hog_pixels_per_cell"], 1, 1024, extra="or 'auto'")
-    check_choice(f"{check}.hog_correlation", p["hog_correlation"], ("spearman", "pearson"))
-    check_int(f"{check}.figure_images", p["figure_images"], 0, 64)
     check_choice(f"{check}.bn_stats", p["bn_stats"], ("keep", "reset"))
     return p
 

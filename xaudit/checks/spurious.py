@@ -115,8 +115,6 @@ class SpuriousCorrelation(DebuggingCheck):
         if isinstance(p["reference_correlation"], bool):
             raise ConfigError(f"{name}.reference_correlation", "must be a number in [0, 1], got a boolean")
         check_range(f"{name}.min_reference_accuracy", p["min_reference_accuracy"], 0.0, 1.0)
-        if not isinstance(p["require_bug_took"], bool):
-            raise ConfigError(f"{name}.require_bug_took", f"must be true or false, got {p['require_bug_took']!r}")
         return p
 
     def reference_ref(self, p: dict[str, Any], seed: int, world: dict[str, Any] | None) -> ModelRef:

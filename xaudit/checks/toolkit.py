@@ -13,9 +13,31 @@ import torch
 
 from xaudit.checks.base import CheckContext
 from xaudit.core import rng
-from xaudit.core.errors import ConfigError, NotApplicable, check_int  # noqa: F401  (check_int: re-exported)
+from xaudit.core.errors import ConfigError, NotApplicable, check_choice, check_int, check_range
 from xaudit.core.rng import stream_seed  # noqa: F401  (the one seed helper, re-exported for checks)
 
+
+
+# ---------------------------------------------------------------------------------- parameters
+def merge_params(check: str, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` overridden by ``params``; a parameter the check does not take is a ConfigError
+    naming it and listing the ones it takes."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{check}.{unknown[0]}", f"unknown parameter; {check} takes: {', '.join(sorted(defaults))}")
+    return {**defaults, **params}
+
+
+def check_map_params(check: str, p: dict[str, Any]) -> None:
+    """Validate the parameters every map-comparing check shares (images, CIs, similarities, figures)."""
+    check_int(f"{check}.n_images", p["n_images"], 2, 1_000_000)
+    check_range(f"{check}.ci_level", p["ci_level"], 0.5, 1.0, hi_open=True)
+    check_int(f"{check}.n_boot", p["n_boot"], 100, 1_000_000)
+    check_range(f"{check}.ssim_data_range", p["ssim_data_range"], 0.0, 1e6, lo_open=True)
+    if p["hog_pixels_per_cell"] != "auto":
+        check_int(f"{check}.hog_pixels_per_cell", p["hog_pixels_per_cell"], 1, 1024, extra="or 'auto'")
+    check_choice(f"{check}.hog_correlation", p["hog_correlation"], ("spearman", "pearson"))
+    check_int(f"{check}.figure_images", p["figure_images"], 0, 64)
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -69,6 +69,12 @@ def check_int(field: str, value, lo: int, hi: int, extra: str = "") -> None:
     check_range(field, value, lo, hi)
 
 
+def check_bool(field: str, value) -> None:
+    """Raise ConfigError unless value is a bool (YAML true / false)."""
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"must be true or false, got {value!r}")
+
+
 def check_choice(field: str, value, choices) -> None:
     """Raise ConfigError unless value is one of choices."""
     if value not in choices:

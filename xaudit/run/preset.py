@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from xaudit.core.errors import ConfigError
+from xaudit.core.errors import ConfigError, check_bool
 
 ALL = "all"
 PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile", "plugins",
@@ -157,8 +157,7 @@ def parse_preset(data: dict[str, Any], source: str = "") -> Preset:
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise ConfigError("workers", f"must be a positive integer or null, got {workers!r}")
     profile = data.get("profile", False)
-    if not isinstance(profile, bool):
-        raise ConfigError("profile", f"must be true or false, got {profile!r}")
+    check_bool("profile", profile)
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
         raise ConfigError("plugins", f"must be a list of module names, got {plugins!r}")
