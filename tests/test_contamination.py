@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from test_sanity import context   # tiny models and images for the sanity checks' cells
 from xaudit import checks
@@ -14,12 +13,7 @@ from xaudit.checks.debugging import margin_verdict
 from xaudit.core.errors import ConfigError, NotApplicable
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def derived_ctx(upstream_rows, params=None, method="saliency") -> CheckContext:

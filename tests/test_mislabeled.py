@@ -30,13 +30,7 @@ NOISY_SPEC = {"base": "label-noise", "arch": TINY_ARCH, "train": {"train_size": 
 WORLD = {"world": "shapes", "size": 32, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is much faster than two on a busy 2-core machine (thread sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ FAST = {"n_images": N_IMG, "n_boot": 400, "figure_images": 2}
 WORLD = {"world": WORLD_NAME, "size": SIZE, "seed": 0, "correlation": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is ~100x faster than two on a busy 2-core machine (thread sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 class CentredSpurious(SpuriousWorld):

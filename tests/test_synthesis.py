@@ -15,13 +15,7 @@ from xaudit.explain.synthesis.optimize import optimize
 from xaudit.zoo.arch import CNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is much faster than two on a busy 2-core machine (thread sync)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 FV = ("fv_pixel", "fv_fourier", "fv_cppn")
