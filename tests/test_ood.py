@@ -12,6 +12,7 @@ from torch import nn
 
 import xaudit.checks.ood  # noqa: F401  (registers the check)
 from xaudit import world as world_mod
+from test_sanity import Tiny   # noqa: E402  (the sanity tests' tiny CNN)
 from xaudit.checks import base as checks_base
 from xaudit.checks.base import ROW_COLUMNS, CheckContext, ModelRef
 from xaudit.checks.ood import MEASURES, OutOfDistribution
@@ -69,25 +70,8 @@ def tiny_world():
     WORLDS._meta.pop(WORLD_NAME, None)
 
 
-class TinyCNN(nn.Module):
-    """conv3x3-ReLU-conv3x3-ReLU-avgpool-fc on ``channels`` input channels, any image size."""
-
-    def __init__(self, channels: int = 3, classes: int = 3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 4, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x - 0.5)))))))
-
-
 def tiny(seed: int, channels: int = 3, classes: int = 3) -> nn.Module:
-    m = TinyCNN(channels, classes)
+    m = Tiny(classes, channels=channels)     # test_sanity's three-block CNN, on any image size
     init_module(m, rng.generator(seed))
     return m.eval()
 

@@ -36,9 +36,9 @@ class Tiny(nn.Module):
     blocks = ("fc", "conv2", "conv1")
     last_conv = "conv2"
 
-    def __init__(self, classes: int = 3):
+    def __init__(self, classes: int = 3, channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, 4, 3, padding=1)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
         self.relu2 = nn.ReLU()
