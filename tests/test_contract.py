@@ -122,6 +122,34 @@ def test_synthesis_verb_contract():
     with pytest.raises(explain.ExplanationFailed, match=r"\[0, 1\]"):
         m.synthesize(torch.nn.Identity(), None, init=torch.full((1, 3, 8, 8), 2.0))
     assert {d["name"]: d["kind"] for d in explain.describe()}["toy_synth"] == "synthesis"
+    # a bare tensor comes back as a Synthesis with the explainer's config as its settings
+    m.synthesize(torch.nn.Identity(), None)
+    res = m.last_synthesis
+    assert res.values is None and res.settings == {"method": "toy_synth", "n": 3, "size": 8, "seed": 0}
+    assert torch.equal(res.images, m.synthesize(torch.nn.Identity(), None))
+
+
+def test_synthesis_result_values_and_settings_come_back():
+    import torch
+    from xaudit.explain.base import Synthesis
+
+    def fn(model, objective, *, generator, init=None, k=2, bad=False):
+        x = torch.rand(k, 1, 4, 4, generator=generator)
+        v = x.flatten(1).mean(1)
+        return Synthesis(x, v[:1] if bad else v, {"objective": objective, "k": k})
+
+    explain.register("toy_synth_result", kind="synthesis", family="synthesis")(fn)
+    try:
+        m = explain.get("toy_synth_result", k=3)
+        x = m.synthesize(torch.nn.Identity(), "mine", generator=torch.Generator().manual_seed(4))
+        res = m.last_synthesis
+        assert torch.equal(res.values, x.flatten(1).mean(1))
+        assert res.settings == {"method": "toy_synth_result", "k": 3, "bad": False, "seed": "generator",
+                                "objective": "mine"}
+        with pytest.raises(explain.ExplanationFailed, match=r"values: must be a tensor \[N\] = \[3\]"):
+            explain.get("toy_synth_result", k=3, bad=True).synthesize(torch.nn.Identity(), None)
+    finally:
+        explain.unregister("toy_synth_result")
 
 
 def test_every_verdict_of_a_per_trojan_check_reaches_scorecard_and_html(tmp_path):

@@ -192,7 +192,8 @@ def test_registered_methods_raise_the_target_logit(tiny_cnn, methods, name, para
     info = explain.info(name)
     assert info.kind == "synthesis" and info.family == "synthesis"
     grads_before = [p.grad for p in tiny_cnn.parameters()]
-    x = explain.get(name, steps=40, size=16, restarts=2).synthesize(tiny_cnn, [1, 3], generator=gen(0))
+    ex = explain.get(name, steps=40, size=16, restarts=2)
+    x = ex.synthesize(tiny_cnn, [1, 3], generator=gen(0))
     assert x.shape == (4, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
     assert all(g is None for g in grads_before) and all(p.grad is None for p in tiny_cnn.parameters())
     target = torch.tensor([1, 1, 3, 3])
@@ -200,8 +201,12 @@ def test_registered_methods_raise_the_target_logit(tiny_cnn, methods, name, para
         got = tiny_cnn(x)[torch.arange(4), target]
         rnd = tiny_cnn(P.make(param, 4, 3, 16, gen(5)).images())[torch.arange(4), target]
     assert (got > rnd).all(), (got, rnd)
-    s = methods.last_settings()
-    assert s["steps"] == 40 and s["param"] == param and s["restarts"] == 2 and len(s["values"]) == 4
+    res = ex.last_synthesis                          # the settings travel with the images, no global state
+    s = res.settings
+    assert s["method"] == name and s["seed"] == "generator" and s["base_seed"] >= 0
+    assert s["steps"] == 40 and s["param"] == param and s["restarts"] == 2 and s["lr"] > 0
+    assert torch.equal(res.images, x)
+    assert torch.allclose(res.values, got, rtol=1e-4, atol=1e-4)   # each image's final logit
 
 
 def test_method_with_objective_object_and_init(tiny_cnn, methods):

@@ -61,8 +61,8 @@ def test_caricature_reaches_a_higher_cosine_than_a_random_image(tiny_cnn, mods):
     assert info.kind == "synthesis" and info.family == "synthesis"
     real = torch.rand(2, 3, 16, 16, generator=gen(1))
     layers = ["conv2", "fc1"]
-    x = explain.get("caricature", steps=60).synthesize(
-        tiny_cnn, {"images": real, "layers": layers, "cosine": True}, generator=gen(0))
+    ex = explain.get("caricature", steps=60)
+    x = ex.synthesize(tiny_cnn, {"images": real, "layers": layers, "cosine": True}, generator=gen(0))
     assert x.shape == (2, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
     target = car.activations(tiny_cnn, real, layers)
     got = car.similarity(car.activations(tiny_cnn, x, layers), target, layers, cosine=True)
@@ -70,8 +70,9 @@ def test_caricature_reaches_a_higher_cosine_than_a_random_image(tiny_cnn, mods):
                          target, layers, cosine=True)
     assert (got > rnd + 0.05).all(), (got, rnd)
     assert all(p.grad is None for p in tiny_cnn.parameters())
-    s = car.last_settings()
-    assert s["param"] == "fourier" and s["steps"] == 60 and s["layers"] == layers and len(s["values"]) == 2
+    s = ex.last_synthesis.settings
+    assert s["param"] == "fourier" and s["steps"] == 60 and s["layers"] == layers and s["method"] == "caricature"
+    assert torch.allclose(ex.last_synthesis.values, got.float(), atol=1e-4)   # each image's final cosine
 
 
 def test_caricature_dot_product_and_dataclass_objective(tiny_cnn, mods):
@@ -142,8 +143,8 @@ def test_adversarial_patch_flips_more_held_out_images_than_a_random_patch(mods):
     train, held = _clean(64, 1), _clean(200, 2)
     labels = model(held).argmax(1)
     assert (labels == 1).float().mean() > 0.95       # clean images: class 1
-    x = explain.get("adversarial_patch", size_px=6, steps=60, batch_size=32).synthesize(
-        model, {"images": train, "target": 0}, generator=gen(0))
+    ex = explain.get("adversarial_patch", size_px=6, steps=60, batch_size=32)
+    x = ex.synthesize(model, {"images": train, "target": 0}, generator=gen(0))
     assert x.shape == (1, 3, 6, 6) and x.min() >= 0 and x.max() <= 1
     got = pm.attack_success(model, held, labels, x, 0, gen(7))
     rnd = pm.attack_success(model, held, labels, torch.rand(1, 3, 6, 6, generator=gen(8)), 0, gen(7))
@@ -151,7 +152,7 @@ def test_adversarial_patch_flips_more_held_out_images_than_a_random_patch(mods):
     # the learned pattern is the provable one: channel 0 above channel 1 at every pixel (not all the way
     # to 1 / 0: once the images flip, cross-entropy's gradient fades)
     assert (x[0, 0] > x[0, 1] + 0.5).all() and x[0, 0].mean() > 0.8 and x[0, 1].mean() < 0.2
-    s = pm.last_settings()
+    s = ex.last_synthesis.settings
     assert s["loss"] == "cross_entropy(target)" and s["steps"] == 60 and s["size_px"] == 6
 
 

@@ -21,7 +21,7 @@ layers without BatchNorm or residual additions. Otherwise the method raises NotA
 from xaudit.core.errors import NotApplicable
 from xaudit.core.maps import abs_map, signed_map, zero_one_map  # post-processing, re-exported
 from xaudit.explain.base import (DEFAULT_INTERNAL_BATCH, FAMILIES, METHOD_KINDS, METHODS, ExplanationFailed, Explainer,
-                                 MethodInfo, Passes, count_passes, describe, explain, get, info, names, register,
+                                 MethodInfo, Passes, Synthesis, count_passes, describe, explain, get, info, names, register,
                                  unregister)
 from xaudit.explain import gradient, backprop, cam, perturbation, baselines  # noqa: E402,F401  (registration)
 from xaudit.explain.synthesis import methods as _synthesis_methods  # noqa: E402,F401  (fv_pixel, fv_fourier, fv_cppn)
@@ -30,5 +30,5 @@ from xaudit.explain.baselines import sobel_magnitude
 from xaudit.explain.perturbation import patch_mask, slic_mask
 
 __all__ = ["DEFAULT_INTERNAL_BATCH", "FAMILIES", "METHOD_KINDS", "METHODS", "ExplanationFailed", "Explainer", "MethodInfo",
-           "NotApplicable", "Passes", "abs_map", "count_passes", "describe", "explain", "get", "info", "names",
+           "NotApplicable", "Passes", "Synthesis", "abs_map", "count_passes", "describe", "explain", "get", "info", "names",
            "patch_mask", "register", "signed_map", "slic_mask", "sobel_magnitude", "unregister", "zero_one_map"]

@@ -32,7 +32,7 @@ import inspect
 import itertools
 import numbers
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -218,6 +218,19 @@ def check_maps(method: str, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return maps
 
 
+# ------------------------------------------------------------------------------ synthesis results
+@dataclass
+class Synthesis:
+    """What a synthesis method returns: ``images`` float [N, C, H, W] in [0, 1]; ``values`` float [N], each
+    image's final objective value (None where the method has no per-image objective); ``settings``, every
+    setting the method used (steps, lr, transforms, the base seed drawn from the generator, ...), JSON-able,
+    to be recorded with every result. A method may also return the bare images tensor (no values, no
+    settings beyond its parameters)."""
+    images: torch.Tensor
+    values: torch.Tensor | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class MethodInfo:
@@ -255,9 +268,9 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
 
     - ``kind="attribution"`` (the default): ``fn(model, x, target, **params) -> Tensor[N, C, H, W]``,
       a map per input image, called as ``get(name)(model, x, target)``.
-    - ``kind="synthesis"``: ``fn(model, objective, *, generator, init=None, **params) -> Tensor[N, C, H, W]``,
-      images in [0, 1] synthesized from the model alone, called as
-      ``get(name).synthesize(model, objective, generator=g)``; ``objective`` is whatever the synthesis
+    - ``kind="synthesis"``: ``fn(model, objective, *, generator, init=None, **params) -> Synthesis``
+      (or the bare images Tensor[N, C, H, W]), images in [0, 1] synthesized from the model alone, called
+      as ``get(name).synthesize(model, objective, generator=g)``; ``objective`` is whatever the synthesis
       check passes (e.g. a callable of the model's activations to maximize); ``init`` an optional
       starting batch. Synthesis methods are always stochastic (they draw from ``generator``).
 
@@ -354,6 +367,7 @@ class Explainer:
         self.info = info
         self.params = dict(params)
         self.last_passes: Passes | None = None
+        self.last_synthesis: Synthesis | None = None   # after synthesize(): images, values, settings
 
     name = property(lambda self: self.info.name)
     family = property(lambda self: self.info.family)
@@ -382,25 +396,42 @@ class Explainer:
     def synthesize(self, model: nn.Module, objective, *, generator: torch.Generator | None = None,
                    init: torch.Tensor | None = None) -> torch.Tensor:
         """A synthesis method's images ``[N, C, H, W]`` in [0, 1] for ``objective`` on ``model``; every
-        random draw from ``generator`` (default: one seeded with the ``seed`` parameter)."""
+        random draw from ``generator`` (default: one seeded with the ``seed`` parameter).
+
+        After the call ``last_synthesis`` holds the :class:`Synthesis`: the same images, the per-image
+        objective values and the settings used, which start with this explainer's :meth:`config`
+        (``seed`` is "generator" when the caller passed one)."""
         if self.kind != "synthesis":
             raise ConfigError(self.name, f"is an {self.kind} method: call it as method(model, x, target)")
         kwargs = dict(self.params)
         seed = kwargs.pop("seed", 0)
-        generator = generator if generator is not None else make_generator(int(seed))
+        given = generator is not None
+        generator = generator if given else make_generator(int(seed))
         was = model.training
         model.eval()
+        self.last_synthesis = None
         try:
             with torch.enable_grad():
-                images = self.info.fn(model, objective, generator=generator, init=init, **kwargs)
+                out = self.info.fn(model, objective, generator=generator, init=init, **kwargs)
         finally:
             model.train(was)
+        res = out if isinstance(out, Synthesis) else Synthesis(out)
+        images = res.images
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ExplanationFailed(self.name, "images", f"must be a tensor [N, C, H, W], got {shape}")
         images = images.detach()
         if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
             raise ExplanationFailed(self.name, "images", "must be finite and in [0, 1]")
+        values = res.values
+        if values is not None and (not isinstance(values, torch.Tensor) or values.shape != (images.shape[0],)):
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ExplanationFailed(self.name, "values", f"must be a tensor [N] = [{images.shape[0]}], got {shape}")
+        config = self.config()
+        if given:
+            config["seed"] = "generator"
+        self.last_synthesis = Synthesis(images, None if values is None else values.detach(),
+                                        {**config, **res.settings})
         return images
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target, generator: torch.Generator | None = None
@@ -492,5 +523,5 @@ def check_internal_batch(params: dict[str, Any]) -> None:
 
 
 __all__ = ["DEFAULT_INTERNAL_BATCH", "FAMILIES", "METHOD_KINDS", "METHODS", "ExplanationFailed", "Explainer", "MethodInfo",
-           "NotApplicable", "Passes", "UnknownName", "check_inputs", "check_maps", "count_passes", "describe",
+           "NotApplicable", "Passes", "Synthesis", "UnknownName", "check_inputs", "check_maps", "count_passes", "describe",
            "explain", "get", "info", "names", "prepared", "register", "unregister"]

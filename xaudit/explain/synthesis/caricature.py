@@ -48,14 +48,6 @@ PARAMS = {"param": "fourier", "steps": DEFAULT_STEPS, "lr": None, "restarts": 1,
           "init_std": 1.0}
 _PARAMS_ALLOWED = ("pixel", "fourier")  # cppn would work too, but Lucid's caricatures use the image bases
 
-_LAST: dict[str, Any] = {}
-
-
-def last_settings() -> dict[str, Any]:
-    """The settings (and final similarities) of the last caricature call in this process."""
-    return dict(_LAST)
-
-
 @dataclass
 class Caricature:
     """What to caricature: ``images`` float [N, C, S, S] in [0, 1], ``layers`` (names of the model's
@@ -195,7 +187,8 @@ def caricature(model, objective, *, generator, init=None, param="fourier", steps
     """Caricature of real images: an image optimized so that its activations at the given layers match
     (cosine or dot product) those of each real image (Olah et al. 2017; Lucid's caricature notebook).
 
-    Returns float [N * R, C, S, S] in [0, 1] for real images [N, C, S, S]."""
+    Returns a Synthesis: images float [N * R, C, S, S] in [0, 1] for real images [N, C, S, S], values
+    [N * R] the final similarities, settings."""
     validate({"param": param, "steps": steps, "lr": lr, "restarts": restarts, "transforms": transforms,
               "init_std": init_std})
     c = Caricature.of(objective)
@@ -213,9 +206,8 @@ def caricature(model, objective, *, generator, init=None, param="fourier", steps
     opts = {} if init is not None else {"init_std": init_std}
     res = optimize(model, obj, param=param, steps=steps, lr=lr, size=h, restarts=restarts,
                    transforms=transforms, channels=ch, generator=generator, init=init, param_options=opts)
-    _LAST.clear()
-    _LAST.update(res.settings, layers=list(c.layers), cosine=c.cosine, values=res.values.tolist())
-    return res.images
+    res.settings.update(layers=list(c.layers), cosine=c.cosine)
+    return res
 
 
-__all__ = ["Caricature", "activations", "caricature", "check_images", "last_settings", "similarity"]
+__all__ = ["Caricature", "activations", "caricature", "check_images", "similarity"]

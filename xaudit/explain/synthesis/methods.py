@@ -14,7 +14,8 @@ weighted sums, diversity). Parameters (validated by :func:`validate` when the me
 ``steps`` (512), ``lr`` (None: 0.05 pixel / fourier, 0.005 cppn), ``size`` (32), ``restarts`` (1),
 ``transforms`` (True: jitter, scale, rotate, pad; False; or a list / dict of those names),
 ``channels`` (None: from the model's first layer), ``init_std`` (1.0). See optimize.py for sources.
-The settings used are in :func:`last_settings` after each call.
+The explainer's ``last_synthesis`` holds the images' final objective values and every setting used
+after each call (:class:`xaudit.explain.base.Synthesis`).
 """
 from __future__ import annotations
 
@@ -27,14 +28,6 @@ from xaudit.explain.synthesis.optimize import DEFAULT_SIZE, DEFAULT_STEPS, check
 
 PARAMS = {"steps": DEFAULT_STEPS, "lr": None, "size": DEFAULT_SIZE, "restarts": 1, "transforms": True,
           "channels": None, "init_std": 1.0}
-
-_LAST: dict[str, Any] = {}
-
-
-def last_settings() -> dict[str, Any]:
-    """The settings (and final objective values) of the last fv_* call in this process."""
-    return dict(_LAST)
-
 
 def _validator(param: str):
     def validate(p: dict[str, Any]) -> None:
@@ -54,12 +47,9 @@ def _run(param, model, objective, generator, init, steps, lr, size, restarts, tr
     _validator(param)({"steps": steps, "lr": lr, "size": size, "restarts": restarts,
                        "transforms": transforms, "channels": channels, "init_std": init_std})
     opts = {} if init is not None else {"init_std": init_std}
-    res = optimize(model, objective, param=param, steps=steps, lr=lr, size=size, restarts=restarts,
-                   transforms=transforms, channels=channels, generator=generator, init=init,
-                   param_options=opts)
-    _LAST.clear()
-    _LAST.update(res.settings, values=res.values.tolist())
-    return res.images
+    return optimize(model, objective, param=param, steps=steps, lr=lr, size=size, restarts=restarts,
+                    transforms=transforms, channels=channels, generator=generator, init=init,
+                    param_options=opts)
 
 
 def _register(name: str, param: str, doc: str):

@@ -1,7 +1,7 @@
 """The batched optimization loop: K objectives x R restarts in one batch, one forward and one backward
 per step for the whole batch, Adam on the parameterization's tensors.
 
-    res = optimize(model, Class([0, 1, 2]), param="fourier", restarts=2, generator=g)
+    res = optimize(model, Class([0, 1, 2]), param="fourier", restarts=2, generator=g)   # a Synthesis
     res.images      # float [K * R, C, S, S] in [0, 1]; image k * R + r: objective k, restart r
     res.values      # float [K * R]: each image's objective on the untransformed final image
     res.settings    # every setting used (steps, lr, size, transforms, ...), JSON-able
@@ -30,15 +30,13 @@ only), and the model is put in eval mode with out-of-place ReLUs for the call (b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
-
 import torch
 from torch import nn
 
 from xaudit.core.errors import ConfigError, check_int, check_range
 from xaudit.core.rng import generator as make_generator, stream_seed
-from xaudit.explain.base import prepared
+from xaudit.explain.base import Synthesis, prepared
 from xaudit.explain.synthesis import param as P
 from xaudit.explain.synthesis import transforms as T
 from xaudit.explain.synthesis.objectives import LOGITS, Context, Objective, as_objective
@@ -46,13 +44,6 @@ from xaudit.explain.synthesis.objectives import LOGITS, Context, Objective, as_o
 DEFAULT_STEPS = 512
 DEFAULT_LR = {"pixel": 0.05, "fourier": 0.05, "cppn": 0.005}
 DEFAULT_SIZE = 32
-
-
-@dataclass
-class Result:
-    images: torch.Tensor                      # [K * R, C, S, S] in [0, 1]
-    values: torch.Tensor                      # [K * R] the objective on the final untransformed images
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def infer_channels(model: nn.Module, size: int) -> int:
@@ -110,7 +101,7 @@ def check_settings(param: str, steps: int, lr: float | None, size: int, restarts
 def optimize(model: nn.Module, objective, *, param: str = "fourier", steps: int = DEFAULT_STEPS,
              lr: float | None = None, size: int = DEFAULT_SIZE, restarts: int = 1, transforms=True,
              channels: int | None = None, generator: torch.Generator | None = None,
-             init: torch.Tensor | None = None, param_options: dict | None = None) -> Result:
+             init: torch.Tensor | None = None, param_options: dict | None = None) -> Synthesis:
     """Maximize ``objective`` (an Objective, a class index or a list of them) over a batch of K x R
     images of ``param``; see the module docstring. Every check runs before the first step."""
     check_settings(param, steps, lr, size, restarts)
@@ -171,4 +162,4 @@ def optimize(model: nn.Module, objective, *, param: str = "fourier", steps: int 
                 "restarts": r, "objectives": keys, "transforms": spec.as_dict(),
                 "transform_amounts": T.amounts(size), "optimizer": "Adam", "init": "given" if init is not None
                 else {"init_std": opts.get("init_std", 1.0)}, "param_options": opts, "base_seed": base}
-    return Result(images, final, settings)
+    return Synthesis(images, final, settings)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaudit.core.errors import ConfigError, check_int, check_range
-from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, prepared, register
+from xaudit.explain.base import DEFAULT_INTERNAL_BATCH, Synthesis, prepared, register
 from xaudit.explain.synthesis import param as P
 from xaudit.explain.synthesis.caricature import check_images, model_channels
 
@@ -47,14 +47,6 @@ DEFAULT_STEPS = 300
 DEFAULT_LR = 0.1
 PARAMS = {"size_px": DEFAULT_SIZE_PX, "steps": DEFAULT_STEPS, "lr": DEFAULT_LR,
           "batch_size": DEFAULT_INTERNAL_BATCH, "init_std": 1.0}
-
-_LAST: dict[str, Any] = {}
-
-
-def last_settings() -> dict[str, Any]:
-    """The settings (and the final training loss / attack success) of the last call in this process."""
-    return dict(_LAST)
-
 
 @dataclass
 class PatchObjective:
@@ -187,12 +179,10 @@ def adversarial_patch(model, objective, *, generator, init=None, size_px=DEFAULT
             leaf.grad = g
             adam.step()
         result = p.images().detach().clamp(0, 1)
-    _LAST.clear()
-    _LAST.update({"size_px": size_px, "steps": steps, "lr": float(lr), "batch_size": b, "optimizer": "Adam",
-                  "loss": "cross_entropy(target)", "target": o.target, "n_images": n,
-                  "init": "given" if init is not None else {"init_std": init_std},
-                  "final_loss": float(loss.detach())})
-    return result
+    return Synthesis(result, None, {"size_px": size_px, "steps": steps, "lr": float(lr), "batch_size": b,
+                                    "optimizer": "Adam", "loss": "cross_entropy(target)", "target": o.target,
+                                    "n_images": n, "init": "given" if init is not None else {"init_std": init_std},
+                                    "final_loss": float(loss.detach())})
 
 
-__all__ = ["PatchObjective", "adversarial_patch", "attack_success", "last_settings", "paste", "random_positions"]
+__all__ = ["PatchObjective", "adversarial_patch", "attack_success", "paste", "random_positions"]
