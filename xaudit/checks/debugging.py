@@ -27,7 +27,6 @@ of exactly 0 and fails whenever the margin is positive.
 """
 from __future__ import annotations
 
-import io
 import math
 import re
 import textwrap
@@ -41,6 +40,7 @@ import torch
 from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row
 from xaudit.checks.toolkit import Maps, bootstrap_mean_cis, check_map_params, finite_or_none, merge_params, stream_seed
 from xaudit.core.errors import check_bool, check_choice, check_range
+from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
 
 CITATION = ("Adebayo, Muelly, Liccardi, Kim. Debugging Tests for Model Explanations. NeurIPS 2020")
 SERIES = ("buggy", "reference", "calibration", "difference", "verdict", "separability", "failures")
@@ -196,15 +196,6 @@ def _hw(t) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- figures
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
 def _f(v) -> float:
     return math.nan if v is None else float(v)
 
@@ -286,7 +277,7 @@ def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> lis
     every saved panel (buggy model's map, reference model's map, ground truth, ...)."""
     from matplotlib.figure import Figure
 
-    from xaudit.checks.sanity_figures import _load, _mosaic, _rgb
+    from xaudit.checks.sanity_figures import _load
 
     paths = sorted(p for d in map(Path, artifacts) if Path(d).is_dir()
                    for p in Path(d).glob(f"debugging__{check}__*.npz"))

@@ -14,7 +14,6 @@ Matplotlib's object API with the Agg canvas: no pyplot, no global state.
 """
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -23,19 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from xaudit.checks.base import VERDICT_CODE
+from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
 
 METRIC_TITLES = {"spearman_abs": "Spearman (abs maps)", "spearman_signed": "Spearman (signed maps)",
                  "ssim": "SSIM (0-1 maps)", "hog": "HOG similarity", "edge_similarity": "similarity to edge map"}
 METRIC_ORDER = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
-
-
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)   # layouts are fixed: "tight" boxes cost a second render
-    return buf.getvalue()
 
 
 def _f(v) -> float:
@@ -160,27 +151,6 @@ def _draw_panel(ax, sel: list[dict], methods: list[str], colours: dict[str, str]
 def _load(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-def _mosaic(tiles: list[list[np.ndarray | None]], pad: int = 2) -> np.ndarray:
-    """One RGB image [H', W', 3] of equally sized tiles ([h, w, 3] in [0, 1], or None: left white)."""
-    h, w = next(t for row in tiles for t in row if t is not None).shape[:2]
-    n_rows, n_cols = len(tiles), max(len(row) for row in tiles)
-    out = np.ones((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), dtype=np.float32)
-    for r, row in enumerate(tiles):
-        for c, t in enumerate(row):
-            if t is not None:
-                y, x = pad + r * (h + pad), pad + c * (w + pad)
-                out[y:y + h, x:x + w] = t
-    return out
-
-
-def _rgb(a: np.ndarray) -> np.ndarray:
-    """[C, H, W] image (C = 1 or 3) or [H, W] map in [0, 1] as [H, W, 3]."""
-    a = np.clip(a.astype(np.float32), 0, 1)
-    if a.ndim == 3:
-        a = a.transpose(1, 2, 0) if a.shape[0] == 3 else a[0]
-    return a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2)
 
 
 def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> list[tuple[str, bytes]]:

@@ -14,10 +14,11 @@ replace the generic curves (the verdict scores figure stays); None keeps the gen
 """
 from __future__ import annotations
 
-import io
 import math
 from collections import OrderedDict
 from typing import Any
+
+from xaudit.core.imaging import png  # noqa: F401  (re-exported: report.figures.png)
 
 STAGE_COLUMNS = ("stage", "block", "step", "layer")
 MAX_METRIC_PANELS = 6
@@ -28,16 +29,6 @@ def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def png(fig) -> bytes:
-    """PNG bytes of a matplotlib Figure (Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    return buf.getvalue()
 
 
 def _finite(v: Any) -> bool:
