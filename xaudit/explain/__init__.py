@@ -1,7 +1,7 @@
 """Explanation methods: one registry, one batched signature, pass accounting.
 
     >>> from xaudit import explain
-    >>> explain.names()                 # 20 attribution methods + 5 baselines + 5 synthesis methods
+    >>> explain.names()                 # 20 attribution methods + 5 baselines + 6 synthesis methods
     >>> ig = explain.get("integrated_gradients", steps=50)
     >>> raw = ig(model, x, target)                        # [N, C, H, W]
     >>> ig.last_passes.backward                           # 50.0 backward passes per image
@@ -24,7 +24,7 @@ from xaudit.explain.base import (DEFAULT_INTERNAL_BATCH, FAMILIES, METHOD_KINDS,
                                  MethodInfo, Passes, Synthesis, count_passes, describe, explain, get, info, names, register,
                                  unregister)
 from xaudit.explain import gradient, backprop, cam, perturbation, baselines  # noqa: E402,F401  (registration)
-from xaudit.explain.synthesis import methods as _synthesis_methods  # noqa: E402,F401  (fv_pixel, fv_fourier, fv_cppn)
+from xaudit.explain.synthesis import methods as _synthesis_methods  # noqa: E402,F401  (fv_pixel, fv_fourier, fv_maco, fv_cppn)
 from xaudit.explain.synthesis import caricature as _caricature, patch as _patch  # noqa: E402,F401  (registration)
 from xaudit.explain.baselines import sobel_magnitude
 from xaudit.explain.perturbation import patch_mask, slic_mask
