@@ -225,14 +225,20 @@ def explain_seed(seed: int, method: str) -> int:
     return stream_seed(seed, f"sanity/explain/{method}")
 
 
-def explain_maps(explainer, model, x: torch.Tensor, target: torch.Tensor, seed: int) -> Maps:
-    """Post-processed maps of ``model`` explaining ``target`` on ``x``, through the worker's
+def explain_raw(explainer, model, x: torch.Tensor, target: torch.Tensor, seed: int
+                ) -> tuple[torch.Tensor, list[str | None]]:
+    """Raw maps [N, C, H, W] and per-image failures (:func:`explain_robust`), through the worker's
     explanation memo (:mod:`xaudit.checks.memo`): an explanation computed by an earlier cell of this
     worker with the same method, weights, images, targets and seed is reused, not recomputed."""
     from xaudit.checks.memo import EXPLANATIONS
 
     key = EXPLANATIONS.key(explainer, model, x, target, seed)
-    raw, failed = EXPLANATIONS.get_or_compute(key, lambda: explain_robust(explainer, model, x, target, seed))
+    return EXPLANATIONS.get_or_compute(key, lambda: explain_robust(explainer, model, x, target, seed))
+
+
+def explain_maps(explainer, model, x: torch.Tensor, target: torch.Tensor, seed: int) -> Maps:
+    """Post-processed maps of ``model`` explaining ``target`` on ``x``, memoized (:func:`explain_raw`)."""
+    raw, failed = explain_raw(explainer, model, x, target, seed)
     return post_process(raw, target, failed)
 
 

@@ -1,0 +1,282 @@
+"""Trojan localization (docs/protocols.md#4-trojans, Casper et al. 2023): do an attribution method's maps
+point at a trojan's trigger on triggered images?
+
+The cell's model (group ``trojans``; refused unless its card says every trojan took) carries trojans
+planted by data poisoning; their configs are on its card (``card["spec"]["bugs"]``). For each patch and
+natural-feature trojan (style trojans restyle the whole image: their footprint covers every pixel, so
+no localization measure is defined; they are left out, with that reason in the description):
+
+1. the first ``max_candidates`` test images are rendered with the trigger forced on every eligible
+   image; of those whose true class is not the trojan's target, the first ``n_images`` that the model
+   assigns to the target (the trigger actually flipped them) are kept. Fewer than ``min_images``: the
+   trojan gets a ``too_few`` row and no verdict;
+2. the method explains the target class (the model's prediction) on them; the ``blank`` guess
+   (a = 0) and the ``edge`` baseline (Sobel magnitude of the image) are scored on the same images;
+3. per image, against the trigger's footprint g (bool [H, W], from the world):
+   ``trigger_distance`` (L1: mean |a - g|, a = sum_c |attr| / max; lower is better), ``mask_pearson``
+   (Pearson of a with g), ``mass_accuracy`` (share of a's mass inside g), ``pointing_game`` (is the
+   maximum inside g) and ``pixel_auroc`` (a's pixels as scores of g's);
+4. paired differences with bootstrap CIs: method minus ``blank`` on L1 (the published comparison) and
+   method minus ``edge`` on every measure.
+
+Verdicts (``verdict_key = ("metric", "trojan")``), one per trojan and one per family (``trojan`` =
+``family:patch``, the family's images pooled):
+
+- ``l1_vs_blank`` (the published criterion): ``pass`` (reveals the trigger) when the CI of
+  L1(method) - L1(blank) lies below 0, ``fail`` when it lies at or above 0, else ``inconclusive``.
+  With a scaled to max 1, beating the blank guess is the same as putting more than half of the map's
+  mass inside the footprint (|a - g| summed is mass outside + (area - mass inside)), so it rewards sparse
+  maps;
+- ``pearson_vs_edge``: ``pass`` when the CI of Pearson(method) - Pearson(edge) lies above 0, ``fail`` when
+  at or below 0. The edge map outlines the trigger among every other edge of the image: a method that
+  does not beat it says no more about the trigger than the image itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
+from xaudit.checks.debugging import margin_verdict, save_panels, series_cis, summary
+from xaudit.checks.toolkit import check_map_params, explain_raw, explain_seed, load_batch, merge_params, predict
+from xaudit.core.errors import ConfigError, check_bool, check_int
+
+CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
+            "Feature Synthesis Tools. NeurIPS 2023")
+FAMILIES = ("patch", "natural")           # style trojans' footprint is the whole image
+MEASURES = ("trigger_distance", "mask_pearson", "mass_accuracy", "pointing_game", "pixel_auroc")
+VERDICTS = {
+    # verdict metric: (measure, baseline, direction the method must differ in)
+    "l1_vs_blank": ("trigger_distance", "blank", "below"),
+    "pearson_vs_edge": ("mask_pearson", "edge", "above"),
+}
+RULES = {
+    "l1_vs_blank": "pass (reveals the trigger) if CI_high(L1(method) - L1(blank guess)) < 0; fail if CI_low >= 0; "
+                   "else inconclusive (paired per image)",
+    "pearson_vs_edge": "pass (reveals the trigger) if CI_low(Pearson(method) - Pearson(edge)) > 0; fail if "
+                       "CI_high <= 0; else inconclusive (paired per image)",
+}
+NOTES = {
+    "trigger_distance": "L1 mean |a - g|, a = sum_c|attr| / max, g the trigger's footprint (lower is better)",
+    "mask_pearson": "Pearson correlation of a with the footprint",
+    "mass_accuracy": "share of a's mass inside the footprint",
+    "pointing_game": "1 if the map's maximum lies inside the footprint (ties: the fraction of maxima inside)",
+    "pixel_auroc": "AUROC of a's pixels as scores of the footprint's pixels",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "n_images": 100,            # triggered images per trojan (Casper et al.: 100)
+    "max_candidates": 2000,     # test images rendered with the trigger to find n_images that flip
+    "min_images": 10,           # fewer flipped images: no verdict for that trojan
+    "ci_level": 0.95,
+    "n_boot": 2000,
+    "ssim_data_range": 1.0,     # (unused here; shared map parameters)
+    "hog_pixels_per_cell": "auto",
+    "hog_correlation": "spearman",
+    "figure_images": 4,         # triggered images per trojan whose maps are saved for the report
+    "require_bug_took": True,   # refuse a model whose card says a trojan did not take
+}
+
+
+@CHECKS.register("trojan_localization")
+class TrojanLocalization(Check):
+    """Attribution maps against the trigger's footprint on triggered images, per trojan."""
+    name = "trojan_localization"
+    kind = "re-explain"
+    higher_is_better = None
+    citation = CITATION
+    defaults = DEFAULTS
+    worlds = ("shapes",)
+    model_groups = ("trojans",)
+    verdict_key = ("metric", "trojan")
+    scorecard_metric = "l1_vs_blank"
+    description = (
+        "Trojan localization (Casper et al. 2023): on test images of other classes that a trojan's trigger "
+        "flips to its target (up to n_images per trojan), the method explains the target; its map a = "
+        "sum_c|attr| / max is scored against the trigger's footprint: L1 (mean |a - g|, the published "
+        "score), Pearson with g, mass inside g, pointing game and pixel AUROC, paired against the blank "
+        "guess (a = 0) and the edge (Sobel) map on the same images. Verdicts per trojan and per family "
+        "(images pooled): l1_vs_blank passes when the CI of L1(method) - L1(blank) is below 0 (equivalent "
+        "to more than half of the map's mass inside the footprint, which favours sparse maps); "
+        "pearson_vs_edge passes when the CI of Pearson(method) - Pearson(edge) is above 0. Patch and "
+        "natural-feature trojans only: a style trojan restyles the whole image, so its footprint is every "
+        "pixel and no localization measure is defined (L1 against an all-ones mask only measures how "
+        "uniform the map is; Pearson, mass, pointing and AUROC are undefined).")
+
+    def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        p = merge_params(self.name, dict(params or {}), DEFAULTS)
+        check_map_params(self.name, p)
+        check_int(f"{self.name}.max_candidates", p["max_candidates"], 1, 1_000_000)
+        check_int(f"{self.name}.min_images", p["min_images"], 2, 1_000_000)
+        check_bool(f"{self.name}.require_bug_took", p["require_bug_took"])
+        if p["min_images"] > p["n_images"]:
+            raise ConfigError(f"{self.name}.min_images", f"must be <= n_images ({p['n_images']}); got "
+                                                          f"{p['min_images']}")
+        return p
+
+    def models(self, params: dict[str, Any], model_group: str, seed: int,
+               world: dict[str, Any] | None = None) -> list[ModelRef]:
+        self.resolve(params)
+        return [ModelRef(model_group, seed)]
+
+    def run(self, ctx: CheckContext) -> list[dict[str, Any]]:
+        from xaudit import explain, zoo
+        from xaudit.world import bug_from_config
+
+        p = self.resolve(ctx.params)
+        model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
+        if p["require_bug_took"]:
+            zoo.require_bug_took(card, what=self.name)
+        configs = (card.get("spec") or {}).get("bugs") or []
+        trojans = [bug_from_config(c) for c in configs if isinstance(c, dict) and c.get("kind") in FAMILIES]
+        if not trojans:
+            kinds = sorted({str(c.get("kind")) for c in configs if isinstance(c, dict)})
+            raise ConfigError("model", f"{self.name} needs a model with patch or natural-feature trojans; "
+                                       f"{ctx.model_group!r} has bugs of kinds {kinds or 'none'}")
+        explainer = explain.get(ctx.method, **(ctx.method_params or {}))
+        edge = explain.get("edge")
+        seed = explain_seed(ctx.seed, ctx.method)
+        common = {"ci_level": float(p["ci_level"]), "n_boot": int(p["n_boot"]), "map_reduction": "abs"}
+
+        per_trojan: dict[str, dict[str, Any]] = {}
+        out: list[dict[str, Any]] = []
+        for bug in trojans:
+            info = {"trojan_family": bug.kind, "target": bug.target_class, "trojan_params": bug.params()}
+            x, footprint, n_flipped, n_eligible = flipped_images(ctx, model, bug, p)
+            if len(x) < p["min_images"]:
+                out.append(row(ctx, "too_few", len(x), None, None, len(x), trojan=bug.name, series="too_few",
+                               n_eligible=n_eligible, n_flipped=n_flipped,
+                               note=f"only {len(x)} of {n_eligible} triggered non-target test images (of the first "
+                                    f"{p['max_candidates']}) flip to the target; min_images is {p['min_images']}",
+                               **info, **common))
+                continue
+            target = torch.full((len(x),), bug.target_class, dtype=torch.int64)
+            raw, failed = explain_raw(explainer, model, x.to(ctx.device), target.to(ctx.device), seed)
+            finite = torch.isfinite(raw.flatten(1)).all(1).tolist()
+            failed = [f if f is not None or ok else "map: contains NaN or inf" for f, ok in zip(failed, finite)]
+            raw = torch.where(torch.isfinite(raw), raw, torch.zeros_like(raw)).cpu()
+            edge_raw = edge(model, x, target)
+            values = {"method": localization(raw, footprint, failed),
+                      "edge": localization(edge_raw, footprint, [None] * len(x)),
+                      "blank": blank_localization(footprint)}
+            per_trojan[bug.name] = {"values": values, "info": info, "n_flipped": n_flipped,
+                                    "n_eligible": n_eligible, "n_failed": sum(f is not None for f in failed)}
+            k = min(int(p["figure_images"]), len(x))
+            if k:
+                save_panels(_named(ctx, bug.name), x[:k].cpu(),
+                            {"method (a = sum|attr| / max)": _scaled(raw[:k]), "edge": _scaled(edge_raw[:k]),
+                             "footprint": footprint[:k].float()},
+                            failed={"method (a = sum|attr| / max)": [f is not None for f in failed[:k]]},
+                            trojan=bug.name, target=bug.target_class)
+
+        groups: dict[str, list[str]] = {name: [name] for name in per_trojan}
+        for fam in FAMILIES:
+            members = [b.name for b in trojans if b.kind == fam and b.name in per_trojan]
+            if members:
+                groups[f"family:{fam}"] = members
+        series: dict[tuple, torch.Tensor] = {}
+        for g, members in groups.items():
+            cat = {src: {m: torch.cat([per_trojan[t]["values"][src][m] for t in members]) for m in MEASURES}
+                   for src in ("method", "edge", "blank")}
+            for src in ("method", "edge", "blank"):
+                for m in MEASURES:
+                    series[(g, src, m)] = cat[src][m]
+            for m in MEASURES:
+                series[(g, "method-edge", m)] = cat["method"][m] - cat["edge"][m]
+            series[(g, "method-blank", "trigger_distance")] = cat["method"]["trigger_distance"] - cat["blank"]["trigger_distance"]
+        cis = series_cis(series, p, ctx.seed, self.name)
+
+        for g, members in groups.items():
+            first = per_trojan[members[0]]
+            fam = first["info"]["trojan_family"]
+            ginfo = (first["info"] if len(members) == 1 else
+                     {"trojan_family": fam, "members": ",".join(members)})
+            extra = {"trojan": g, "n_flipped": sum(per_trojan[t]["n_flipped"] for t in members),
+                     "n_eligible": sum(per_trojan[t]["n_eligible"] for t in members),
+                     "n_failed": sum(per_trojan[t]["n_failed"] for t in members), **ginfo, **common}
+            for src, label in (("method", "method"), ("edge", "edge baseline"), ("blank", "blank guess")):
+                for m in MEASURES:
+                    v = series[(g, src, m)]
+                    if src == "blank" and not torch.isfinite(v).any():
+                        continue
+                    out.append(row(ctx, **summary(m, v, None, cis[(g, src, m)]), series=src,
+                                   note=f"{label}; {NOTES[m]}", **extra))
+            for diff in ("method-edge", "method-blank"):
+                for m in MEASURES:
+                    if (g, diff, m) in series:
+                        out.append(row(ctx, **summary(m, series[(g, diff, m)], None, cis[(g, diff, m)]),
+                                       series="difference", baseline=diff.split("-")[1],
+                                       note=f"{diff.replace('-', ' minus ')}, paired per image; {NOTES[m]}",
+                                       **extra))
+            for vname, (m, base, direction) in VERDICTS.items():
+                key = (g, f"method-{base}", m)
+                s = summary(vname, series[key], None, cis[key])
+                verdict = margin_verdict(s["ci_low"], s["ci_high"], 0.0, direction)
+                out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base,
+                               rule=RULES[vname], method_value=cis[(g, "method", m)][0],
+                               baseline_value=cis[(g, base, m)][0], **extra))
+        return out
+
+    def figures(self, rows, artifacts):
+        from xaudit.checks.debugging import grids
+
+        return grids(self.name, artifacts)
+
+
+# ------------------------------------------------------------------------------------------ images
+def flipped_images(ctx: CheckContext, model, bug, p: dict[str, Any]
+                   ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(images [n, C, H, W], footprints bool [n, H, W], how many flipped, how many eligible): of the
+    first ``max_candidates`` test images with the trigger forced, those of other classes than the target
+    that the model assigns to the target, the first ``n_images`` of them."""
+    batch = load_batch(ctx, p["max_candidates"], "test", bugs=[bug], force=True)
+    eligible = batch.touched[bug.name] & (batch.true_labels != bug.target_class)
+    x = batch.images[eligible]
+    fp = batch.footprints[bug.name][eligible]
+    flipped = predict(model, x.to(ctx.device)).cpu() == bug.target_class
+    keep = flipped.nonzero().flatten()[: p["n_images"]]
+    return x[keep], fp[keep], int(flipped.sum()), int(eligible.sum())
+
+
+# ---------------------------------------------------------------------------------------- measures
+def localization(maps: torch.Tensor, footprint: torch.Tensor, failed: Sequence[str | None]
+                 ) -> dict[str, torch.Tensor]:
+    """measure -> float64 [N] of maps ([N, C, H, W] raw or [N, 1, H, W]) against footprints bool
+    [N, H, W] (abs channel reduction); NaN for failed maps and undefined values (a constant map's
+    Pearson, an all-zero map's mass)."""
+    from xaudit import metrics
+
+    bad = torch.tensor([f is not None for f in failed], dtype=torch.bool)
+    out = {"trigger_distance": metrics.trigger_distance(maps, footprint),
+           "mask_pearson": metrics.mask_pearson(maps, footprint),
+           "mass_accuracy": metrics.mass_accuracy(maps, footprint),
+           "pointing_game": metrics.pointing_game(maps, footprint),
+           "pixel_auroc": metrics.pixel_auroc(maps, footprint)}
+    return {m: torch.where(bad, torch.nan, v.double().cpu()) for m, v in out.items()}
+
+
+def blank_localization(footprint: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The blank guess (a = 0): L1 = the footprint's area; Pearson and mass undefined (NaN); pointing
+    game at chance (the area: a tie everywhere); pixel AUROC 0.5."""
+    from xaudit import metrics
+
+    area = metrics.blank_distance(footprint).double().cpu()
+    nan = torch.full_like(area, math.nan)
+    return {"trigger_distance": area, "mask_pearson": nan, "mass_accuracy": nan, "pointing_game": area.clone(),
+            "pixel_auroc": torch.full_like(area, 0.5)}
+
+
+def _scaled(raw: torch.Tensor) -> torch.Tensor:
+    """[N, H, W] abs channel sum divided by its per-image max (0 where the map is 0)."""
+    a = raw.abs().sum(1)
+    top = a.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return a / top
+
+
+def _named(ctx: CheckContext, trojan: str) -> CheckContext:
+    """A context whose artifact name carries the trojan (one npz per trojan and cell)."""
+    import dataclasses
+
+    return dataclasses.replace(ctx, model_group=f"{ctx.model_group}-{trojan}")
