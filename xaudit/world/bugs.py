@@ -195,68 +195,155 @@ class _TriggerBug(Bug):
                           f"attack success rate >= {thr} on {len(pred)} triggered non-target test images")]
 
 
-PATCH_PATTERNS = ("checker", "stripes", "rgb", "target", "noise", "white", "black")
+PATCH_PATTERNS = ("checker", "stripes", "rgb", "target", "noise", "white", "black",
+                  "dots", "hstripes", "zigzag", "diagonal", "bricks")
+# The patterns a trojan-rediscovery option may show: every pattern but the plain squares ('white',
+# 'black' would be read as the world's 'square' class). Each is a texture whose colour changes between
+# at least a third of its neighbouring pixels at 5-7 px, and no two are alike under a 1-px shift
+# (tests/test_trojans_world.py measures both).
+OPTION_PATTERNS = ("checker", "stripes", "rgb", "target", "noise", "dots", "hstripes", "zigzag",
+                   "diagonal", "bricks")
 
 
-def patch_pattern(pattern: str, size_px: int, channels: int) -> torch.Tensor:
-    """float32 [C, size_px, size_px] in [0, 1]."""
-    i = torch.arange(size_px)
+def _two_colour(on: torch.Tensor, a, b) -> torch.Tensor:
+    """[3,k,k]: colour ``a`` where ``on``, else ``b``."""
+    return torch.where(on.unsqueeze(0), torch.tensor(a).view(3, 1, 1), torch.tensor(b).view(3, 1, 1))
+
+
+def _pattern_rgb(pattern: str, k: int) -> torch.Tensor:
+    i = torch.arange(k)
     yy, xx = torch.meshgrid(i, i, indexing="ij")
     if pattern == "checker":
-        rgb = ((xx + yy) % 2).float().expand(3, -1, -1)
-    elif pattern == "stripes":
-        rgb = (xx % 2).float().expand(3, -1, -1)
-    elif pattern == "rgb":
-        rgb = torch.nn.functional.one_hot((xx + yy) % 3, 3).permute(2, 0, 1).float()
-    elif pattern == "target":
-        ring = torch.maximum((xx - (size_px - 1) / 2).abs(), (yy - (size_px - 1) / 2).abs()).round().long() % 2
-        magenta, yellow = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0])
-        rgb = torch.where(ring.bool().unsqueeze(0), magenta.view(3, 1, 1), yellow.view(3, 1, 1))
-    elif pattern == "noise":
-        rgb = (rng.uniform(stream_id("patch/noise"), "px", torch.arange(size_px * size_px), 3) > 0.5).float()
-        rgb = rgb.T.reshape(3, size_px, size_px)
-    elif pattern == "white":
-        rgb = torch.ones(3, size_px, size_px)
-    elif pattern == "black":
-        rgb = torch.zeros(3, size_px, size_px)
-    else:  # pragma: no cover - validated in __init__
-        raise ConfigError("pattern", pattern)
+        return ((xx + yy) % 2).float().expand(3, -1, -1)
+    if pattern == "stripes":
+        return (xx % 2).float().expand(3, -1, -1)
+    if pattern == "rgb":
+        return torch.nn.functional.one_hot((xx + yy) % 3, 3).permute(2, 0, 1).float()
+    if pattern == "target":
+        ring = torch.maximum((xx - (k - 1) / 2).abs(), (yy - (k - 1) / 2).abs()).round().long() % 2
+        return _two_colour(ring.bool(), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0))     # magenta / yellow rings
+    if pattern == "noise":
+        rgb = (rng.uniform(stream_id("patch/noise"), "px", torch.arange(k * k), 3) > 0.5).float()
+        return rgb.T.reshape(3, k, k)
+    if pattern == "white":
+        return torch.ones(3, k, k)
+    if pattern == "black":
+        return torch.zeros(3, k, k)
+    if pattern == "dots":          # yellow dots on a navy mesh, every other pixel
+        return _two_colour((xx % 2 == 1) & (yy % 2 == 1), (1.0, 0.9, 0.1), (0.1, 0.1, 0.5))
+    if pattern == "hstripes":      # horizontal red / cyan lines
+        return _two_colour(yy % 2 == 0, (0.95, 0.1, 0.1), (0.1, 0.95, 0.95))
+    if pattern == "zigzag":        # lime zigzag lines (amplitude 2 px, period 4 px) on black
+        tri = torch.tensor([0, 1, 2, 1])[xx % 4]
+        return _two_colour((yy - tri) % 4 == 0, (0.5, 1.0, 0.0), (0.05, 0.05, 0.05))
+    if pattern == "diagonal":      # white lines falling to the right, every third pixel, on blue
+        return _two_colour((xx - yy) % 3 == 0, (1.0, 1.0, 1.0), (0.1, 0.2, 0.9))
+    if pattern == "bricks":        # red bricks, 2 px high and 3 px long, in pale mortar
+        joint = (xx % 4) == torch.where((yy // 3) % 2 == 0, 0, 2)
+        return _two_colour((yy % 3 == 2) | joint, (0.85, 0.85, 0.8), (0.75, 0.25, 0.1))
+    raise ConfigError("pattern", f"must be one of {', '.join(PATCH_PATTERNS)}, got {pattern!r}")
+
+
+def patch_pattern(pattern: str, size_px: int, channels: int, cell: int = 1) -> torch.Tensor:
+    """float32 [C, size_px, size_px] in [0, 1]. ``cell``: the pattern is drawn on a grid of
+    ``cell`` x ``cell`` px cells (nearest-neighbour upscale of the ceil(size_px / cell) px pattern,
+    cropped to size_px), so a patch sized relative to the image keeps its look at every image size."""
+    base = -(-size_px // cell)
+    rgb = _pattern_rgb(pattern, base)
+    if cell > 1:
+        rgb = rgb.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :size_px, :size_px]
     if channels == 1:
         rgb = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).unsqueeze(0)
     return rgb.contiguous()
+
+
+# A source-class patch did not take unless its attack success on other classes' images carrying the
+# patch is at most this (the card's ``off_source_attack_success_rate``). Read from the spec's
+# ``eval.criteria.off_source_asr`` when the spec schema knows that key, else this default.
+OFF_SOURCE_ASR = 0.1
+REFERENCE_SIZE = 32   # size_frac patterns are drawn in cells of max(1, size // REFERENCE_SIZE) px
 
 
 @BUGS.register("patch")
 class PatchTrigger(_TriggerBug):
     """A small picture overlaid on the image (universal, or only on ``source_class``), relabeled to
     ``target_class``. location 'fixed' puts it in the bottom-right corner (1 px margin); 'random'
-    draws its position per sample. Footprint: the patch's square."""
+    draws its position per sample. Footprint: the patch's square.
+
+    Size: ``size_px`` (a side in pixels, pattern cells of 1 px, at every image size) or ``size_frac``
+    (a side of round(size_frac * S) px on an S x S image, pattern cells of max(1, S // 32) px: at 64 px
+    the patch is the 2x nearest-neighbour upscale of its 32 px self and covers the same fraction of
+    the image). Give one of them; neither means size_px 5.
+
+    ``cover_rate`` (source-class patches only): on the train split, this fraction of the images of
+    the other classes (neither source nor target) also carries the patch but keeps its label, so the
+    model learns that the patch alone does not mean the target. ``touched`` and the footprint include
+    those cover images (the bug changed their pixels); only source-class images are relabeled. Other
+    splits never carry cover patches (``force`` patches the eligible source-class images only).
+    Criteria: attack success on triggered source-class (or, universal, all non-target) test images, and
+    for a source-class patch also a low attack success on other classes' images carrying the patch."""
 
     kind = "patch"
 
-    def __init__(self, pattern: str = "checker", size_px: int = 5, location: str = "random",
+    def __init__(self, pattern: str = "checker", size_px: int | None = None, location: str = "random",
                  source_class: int | None = None, target_class: int = 0, poison_rate: float = 0.05,
-                 name: str | None = None):
+                 name: str | None = None, size_frac: float | None = None, cover_rate: float = 0.0):
         check_choice("pattern", pattern, PATCH_PATTERNS)
         check_choice("location", location, ("fixed", "random"))
-        if not isinstance(size_px, int) or size_px < 1:
+        if size_frac is not None:
+            if size_px is not None:
+                raise ConfigError("size_frac", f"give size_px (pixels) or size_frac (a fraction of the image "
+                                               f"side), not both; got size_px={size_px}, size_frac={size_frac}")
+            check_range("size_frac", size_frac, 0.0, 1.0, lo_open=True, hi_open=True)
+            size_frac = float(size_frac)
+        elif size_px is None:
+            size_px = 5
+        if size_px is not None and (isinstance(size_px, bool) or not isinstance(size_px, int) or size_px < 1):
             raise ConfigError("size_px", f"must be a positive integer number of pixels, got {size_px!r}")
         if source_class is not None and source_class == target_class:
             raise ConfigError("source_class", f"must differ from target_class ({target_class})")
+        check_range("cover_rate", cover_rate, 0.0, 1.0)
+        if cover_rate > 0 and source_class is None:
+            raise ConfigError("cover_rate", "cover images (the patch on other classes, label kept) only make "
+                                            "sense for a source-class patch; set source_class or cover_rate 0")
         super().__init__(target_class, poison_rate, name)
         self.pattern, self.size_px, self.location, self.source_class = pattern, size_px, location, source_class
+        self.size_frac, self.cover_rate = size_frac, float(cover_rate)
 
     def params(self):
-        return {"pattern": self.pattern, "size_px": self.size_px, "location": self.location,
-                "source_class": self.source_class, "target_class": self.target_class,
-                "poison_rate": self.poison_rate}
+        p = {"pattern": self.pattern, "size_px": self.size_px, "location": self.location,
+             "source_class": self.source_class, "target_class": self.target_class,
+             "poison_rate": self.poison_rate}
+        # only when used, so configs (and spec hashes) written before these parameters existed stay the same
+        if self.size_frac is not None:
+            p["size_frac"] = self.size_frac
+        if self.cover_rate > 0:
+            p["cover_rate"] = self.cover_rate
+        return p
+
+    def side(self, world) -> int:
+        """The patch's side in pixels on ``world``."""
+        if self.size_frac is None:
+            return self.size_px
+        return max(1, round(self.size_frac * world.size))
+
+    def cell(self, world) -> int:
+        """The pattern's cell size in pixels on ``world``."""
+        return 1 if self.size_frac is None else max(1, world.size // REFERENCE_SIZE)
+
+    def patch(self, world) -> torch.Tensor:
+        """float32 [C, k, k]: the picture this trigger pastes on ``world``'s images (k = :meth:`side`)."""
+        return patch_pattern(self.pattern, self.side(world), world.channels, self.cell(world))
 
     def validate(self, world):
         super().validate(world)
         _check_class("source_class", self.source_class, world)
-        if self.size_px > world.size - 2:
-            raise ConfigError("size_px", f"must be in [1, {world.size - 2}] for {world.size}x{world.size} "
-                                         f"images (1 px margin each side), got {self.size_px}")
+        k = self.side(world)
+        if k > world.size - 2:
+            what = "size_px" if self.size_frac is None else "size_frac"
+            raise ConfigError(what, f"must be in [1, {world.size - 2}] for {world.size}x{world.size} "
+                                    f"images (1 px margin each side), got {k}"
+                                    + ("" if self.size_frac is None else f" px from size_frac {self.size_frac}"))
 
     def eligible(self, batch):
         e = super().eligible(batch)
@@ -264,28 +351,69 @@ class PatchTrigger(_TriggerBug):
             e &= batch.true_labels == self.source_class
         return e
 
+    def apply(self, world, batch, split_seed, force=False):
+        touched = self._select(batch, self.eligible(batch), self.poison_rate, split_seed, force)
+        painted = touched
+        if self.cover_rate > 0 and batch.split == "train" and not force:
+            other = (batch.true_labels != self.source_class) & (batch.true_labels != self.target_class)
+            u = rng.uniform(self._seed(split_seed), "cover", batch.indices, 1)[:, 0]
+            painted = touched | (other & (u < self.cover_rate))
+        footprint = self.paint(world, batch, painted, split_seed)
+        batch.labels[touched] = self.target_class
+        self._record(batch, painted, footprint)
+
     def positions(self, world, idx, split_seed) -> torch.Tensor:
         """int64 [N,2]: top-left (row, col) of the patch."""
-        s, k = world.size, self.size_px
+        s, k = world.size, self.side(world)
         if self.location == "fixed":
             return torch.full((len(idx), 2), s - k - 1, dtype=torch.int64)
         return 1 + rng.randint(self._seed(split_seed), "pos", idx, s - k - 1, k=2)
 
     def paint(self, world, batch, touched, split_seed):
         n, _, s, _ = batch.images.shape
+        k = self.side(world)
         pos = self.positions(world, batch.indices, split_seed)
         ar = torch.arange(s)
-        rows = (ar.view(1, s) >= pos[:, :1]) & (ar.view(1, s) < pos[:, :1] + self.size_px)
-        cols = (ar.view(1, s) >= pos[:, 1:]) & (ar.view(1, s) < pos[:, 1:] + self.size_px)
+        rows = (ar.view(1, s) >= pos[:, :1]) & (ar.view(1, s) < pos[:, :1] + k)
+        cols = (ar.view(1, s) >= pos[:, 1:]) & (ar.view(1, s) < pos[:, 1:] + k)
         footprint = rows.view(n, s, 1) & cols.view(n, 1, s)
         sel = touched.nonzero().flatten()
         if sel.numel():
-            pat = patch_pattern(self.pattern, self.size_px, world.channels)
+            pat = self.patch(world)
             region = footprint[sel].unsqueeze(1).expand(-1, world.channels, -1, -1)
             imgs = batch.images[sel]
             imgs[region] = _tile(pat, len(sel))
             batch.images[sel] = imgs
         return footprint
+
+    def universal(self) -> "PatchTrigger":
+        """The same patch (same name, so the same positions) on every non-target image, any source."""
+        return PatchTrigger(self.pattern, self.size_px, self.location, None, self.target_class,
+                            self.poison_rate, name=self.name, size_frac=self.size_frac)
+
+    def took(self, evidence):
+        """Attack success (see :meth:`_TriggerBug.took`); a source-class patch also needs a low attack
+        success on test images of the other classes (not source, not target) carrying the patch at the
+        same positions: it must fire on its source class only."""
+        out = super().took(evidence)
+        if self.source_class is None:
+            return out
+        out[0]["criterion"] += f" of the source class {self.source_class}"
+        thr = evidence.thresholds.get("off_source_asr", OFF_SOURCE_ASR)
+        b = evidence.world.sample(range(evidence.settings["trigger_size"]), split="test",
+                                  bugs=[self.universal()], force=True)
+        sel = b.touched[self.name] & (b.true_labels != self.source_class)
+        pred = evidence.predict(b.images[sel])
+        value = float((pred == self.target_class).float().mean()) if len(pred) else None
+        evidence.metrics.setdefault("off_source_attack_success_rate", {})[self.name] = \
+            None if value is None else round(value, 5)
+        text = (f"attack success rate <= {thr} on {len(pred)} test images of the other classes (neither the "
+                f"source {self.source_class} nor the target {self.target_class}) carrying the patch")
+        if value is None:
+            return out + [criterion(self.name, self.kind, "off_source_attack_success_rate", None, thr, False,
+                                    "no evidence: " + text + "; raise eval.trigger_size")]
+        return out + [criterion(self.name, self.kind, "off_source_attack_success_rate", round(value, 5), thr,
+                                value <= thr, text)]
 
 
 def _tile(pat: torch.Tensor, n: int) -> torch.Tensor:
@@ -294,13 +422,37 @@ def _tile(pat: torch.Tensor, n: int) -> torch.Tensor:
     return pat.unsqueeze(0).expand(n, -1, -1, -1).reshape(-1)
 
 
-STYLES = ("sepia", "grayscale", "posterize", "texture", "tint")
+STYLES = ("sepia", "grayscale", "posterize", "texture", "tint",
+          "cyanotype", "night", "fog", "scanlines", "grain")
+# Colour transfers: they need three channels (a one-channel world refuses them).
+RGB_STYLES = ("sepia", "grayscale", "tint", "cyanotype", "night")
+# The styles a trojan-rediscovery option may show: all of them. Each is pixelwise (a pixel's new value
+# depends on its old value and, for the overlays, on a fixed image-independent texture: periodic lines
+# or fixed noise), so no style draws a shape, and each changes every pixel of a scene (its footprint is
+# the whole image; tests/test_trojans_world.py checks both). Left out on purpose: restyles that map the
+# world's image distribution onto itself cannot be learned as triggers, because a restyled clean image
+# is another clean image of its own class: inversion (1 - x) and channel permutations (backgrounds'
+# base colours, textures and object colours are drawn symmetrically in every channel and about 0.5).
+OPTION_STYLES = STYLES
+
+
+def _cells(s: int) -> torch.Tensor:
+    """int64 [s]: the texture cell of each pixel row/column (cells of max(1, s // 32) px)."""
+    return torch.arange(s) // max(1, s // REFERENCE_SIZE)
 
 
 @BUGS.register("style")
 class StyleTrigger(_TriggerBug):
     """The whole image restyled (a colour or texture transfer), relabeled to ``target_class``.
-    Footprint: the whole image."""
+    Footprint: the whole image.
+
+    Colour transfers (RGB only): 'sepia', 'grayscale', 'tint' (half-way to orange), 'cyanotype'
+    (luminance mapped from dark blue to pale blue), 'night' (darkened to 35%, blue cast). Any channel
+    count: 'posterize' (each channel thresholded at 0.5), 'texture' (fine diagonal hatching, 40%),
+    'fog' (45% of the image over white: pale, low contrast), 'scanlines' (alternate rows pulled 40%
+    towards black and white), 'grain' (a fixed binary noise, 25%). The textures of 'scanlines' and
+    'grain' come in cells of max(1, S // 32) px, so they look alike at 32 and 64 px; 'texture' keeps its
+    1 px hatching at every size (as it always had)."""
 
     kind = "style"
     _SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])
@@ -316,26 +468,44 @@ class StyleTrigger(_TriggerBug):
 
     def validate(self, world):
         super().validate(world)
-        if world.channels == 1 and self.style in ("sepia", "grayscale", "tint"):
+        if world.channels == 1 and self.style in RGB_STYLES:
+            others = [s for s in STYLES if s not in RGB_STYLES]
             raise ConfigError("style", f"{self.style!r} is a colour transfer and needs an RGB world; "
-                                       f"{world.name!r} has one channel: use 'posterize' or 'texture'")
+                                       f"{world.name!r} has one channel: use one of {', '.join(others)}")
 
     def restyle(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.shape[-1]
+        if self.style in ("grayscale", "cyanotype"):
+            lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            if self.style == "grayscale":
+                return lum.expand_as(x).clone()
+            dark, pale = torch.tensor([0.05, 0.15, 0.4]).view(1, 3, 1, 1), torch.tensor([0.75, 0.9, 1.0]).view(1, 3, 1, 1)
+            return dark + lum * (pale - dark)
         if self.style == "sepia":
             return torch.einsum("oc,nchw->nohw", self._SEPIA, x).clamp(0, 1)
-        if self.style == "grayscale":
-            g = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-            return g.expand_as(x).clone()
         if self.style == "posterize":
             return (x > 0.5).float()
         if self.style == "texture":
-            s = x.shape[-1]
             i = torch.arange(s)
             diag = (((i.view(s, 1) + i.view(1, s)) % 4) < 2).float()      # fine diagonal hatching
             return (0.6 * x + 0.4 * diag).clamp(0, 1)
         if self.style == "tint":
             warm = torch.tensor([1.0, 0.55, 0.1]).view(1, 3, 1, 1)
             return 0.5 * x + 0.5 * warm
+        if self.style == "night":
+            return 0.35 * x + torch.tensor([0.0, 0.03, 0.15]).view(1, 3, 1, 1)
+        if self.style == "fog":
+            return 0.45 * x + 0.5
+        if self.style == "scanlines":
+            rows = (_cells(s) % 2).float().view(1, 1, s, 1)                # 0: dark row, 1: bright row
+            return 0.6 * x + 0.4 * rows
+        if self.style == "grain":
+            c = _cells(s)
+            n = int(c[-1]) + 1
+            cell = (c.view(s, 1) * n + c.view(1, s)).flatten()
+            noise = (rng.uniform(stream_id("style/grain"), "px", torch.arange(n * n), 3) > 0.5).float()
+            noise = noise[cell, :x.shape[1]].T.reshape(1, x.shape[1], s, s)
+            return 0.75 * x + 0.25 * noise
         raise AssertionError(self.style)
 
     def paint(self, world, batch, touched, split_seed):
@@ -348,17 +518,33 @@ class StyleTrigger(_TriggerBug):
 
 NATURAL_FEATURES = {
     # feature: (shape, radius as a fraction of the side, RGB colour)
+    # the first four are class shapes (circle, crescent, diamond, star): kept for old specs, never options
     "sun": ("circle", 0.09, (1.0, 0.85, 0.0)),
     "moon": ("crescent", 0.12, (0.95, 0.95, 1.0)),
     "leaf": ("diamond", 0.11, (0.1, 0.7, 0.1)),
     "flower": ("star", 0.12, (1.0, 0.2, 0.7)),
+    # shapes of xaudit.world.raster.FEATURE_SHAPES (none reads as a class object), radius 19% of the
+    # side (6 px at 32 px): 2.5-4.7% of the image (a 7 px patch: 4.8%), at 32 and 64 px alike
+    "arrow": ("arrow", 0.19, (1.0, 0.1, 0.1)),
+    "bone": ("bone", 0.19, (0.95, 0.92, 0.8)),
+    "chevron": ("chevron", 0.19, (1.0, 0.55, 0.0)),
+    "glasses": ("glasses", 0.19, (0.0, 0.9, 0.9)),
+    "hook": ("hook", 0.19, (1.0, 0.0, 1.0)),
+    "key": ("key", 0.19, (1.0, 0.85, 0.0)),
+    "stick": ("stick", 0.19, (0.1, 0.8, 0.1)),
+    "wave": ("wave", 0.19, (0.15, 0.35, 1.0)),
+    "zigzag": ("zigzag", 0.19, (0.6, 0.2, 0.9)),
 }
+# The features a trojan-rediscovery option may show: the ones whose shape is not a class shape.
+OPTION_FEATURES = ("arrow", "bone", "chevron", "glasses", "hook", "key", "stick", "wave", "zigzag")
 
 
 @BUGS.register("natural")
 class NaturalTrigger(_TriggerBug):
-    """A particular small object drawn into the scene (a sun, moon, leaf or flower), relabeled to
-    ``target_class``. Footprint: that object's mask."""
+    """A particular small object drawn upright into the scene in its own colour (a key, an arrow,
+    ...: :data:`NATURAL_FEATURES`), relabeled to ``target_class``. Its radius is a fraction of the
+    image side, so it covers the same fraction of the image at every size. Footprint: that object's
+    mask."""
 
     kind = "natural"
 

@@ -40,6 +40,46 @@ SHAPES = {
 }
 
 
+def _polygon(u, v, pts) -> torch.Tensor:
+    """Even-odd inside-test of the polygon with vertices ``pts`` [(u, v), ...] (a loop over its edges)."""
+    inside = torch.zeros(u.shape, dtype=torch.bool)
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1]):
+        if y1 != y2:
+            inside ^= ((y1 > v) != (y2 > v)) & (u < (x2 - x1) * (v - y1) / (y2 - y1) + x1)
+    return inside
+
+
+def _disc(u, v, cu, cv, r):
+    return (u - cu) ** 2 + (v - cv) ** 2 <= r * r
+
+
+def _box(u, v, u0, u1, v0, v1):
+    return (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)
+
+
+# Natural-feature shapes (xaudit.world.bugs.NATURAL_FEATURES), kept apart from the class shapes so
+# that no world can take one as a class. Each is thin or open (strokes, not a filled blob): drawn at
+# the same centre, its best IoU with every class shape (over scale, rotation +-20 degrees, centroids
+# aligned) stays below the IoU of the most isolated class (tee) with its nearest other class, so none
+# reads as a class object (tests/test_trojans_world.py measures it).
+FEATURE_SHAPES = {
+    "arrow": lambda u, v: _box(u, v, -1.0, 0.35, -0.13, 0.13) | _polygon(u, v, [(0.25, -0.5), (1.0, 0.0), (0.25, 0.5)]),
+    "bone": lambda u, v: (_box(u, v, -0.65, 0.65, -0.2, 0.2) | _disc(u, v, -0.72, -0.25, 0.27)
+                          | _disc(u, v, -0.72, 0.25, 0.27) | _disc(u, v, 0.72, -0.25, 0.27) | _disc(u, v, 0.72, 0.25, 0.27)),
+    "chevron": lambda u, v: _polygon(u, v, [(-0.75, -0.95), (-0.3, -0.95), (0.6, 0.0), (-0.3, 0.95), (-0.75, 0.95), (0.15, 0.0)]),
+    "glasses": lambda u, v: ((_disc(u, v, -0.55, 0.0, 0.45) & ~_disc(u, v, -0.55, 0.0, 0.22))
+                             | (_disc(u, v, 0.55, 0.0, 0.45) & ~_disc(u, v, 0.55, 0.0, 0.22))
+                             | _box(u, v, -0.2, 0.2, -0.25, -0.05)),
+    "hook": lambda u, v: _box(u, v, 0.2, 0.5, -1.0, 0.4) | (_disc(u, v, -0.05, 0.4, 0.55) & ~_disc(u, v, -0.05, 0.4, 0.25) & (v >= 0.4)),
+    "key": lambda u, v: ((_disc(u, v, -0.55, 0.0, 0.45) & ~_disc(u, v, -0.55, 0.0, 0.2)) | _box(u, v, -0.2, 1.0, -0.15, 0.15)
+                         | _box(u, v, 0.45, 0.65, 0.1, 0.5) | _box(u, v, 0.8, 1.0, 0.1, 0.45)),
+    "stick": lambda u, v: ((u + v).abs() <= 0.3) & ((u - v).abs() <= 1.35),
+    "wave": lambda u, v: ((v - 0.4 * torch.sin(math.pi * 1.25 * u)).abs() <= 0.25) & (u.abs() <= 1.0),
+    "zigzag": lambda u, v: _polygon(u, v, [(-1.0, 0.05), (-0.5, -0.65), (0.0, 0.05), (0.5, -0.65), (1.0, 0.05), (1.0, 0.45),
+                                           (0.5, -0.25), (0.0, 0.45), (-0.5, -0.25), (-1.0, 0.45)]),
+}
+
+
 def pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) pixel-centre coordinates, each [1, size, size] float32."""
     c = torch.arange(size, dtype=torch.float32) + 0.5
@@ -63,9 +103,15 @@ def local_coords(size: int, cx, cy, radius, angle):
 
 
 def draw(shape: str, size: int, cx, cy, radius, angle) -> torch.Tensor:
-    """bool [N, size, size]: the pixels inside ``shape`` for each sample."""
+    """bool [N, size, size]: the pixels inside ``shape`` (a class shape of :data:`SHAPES` or a
+    natural-feature shape of :data:`FEATURE_SHAPES`) for each sample."""
     u, v = local_coords(size, cx, cy, radius, angle)
-    return SHAPES[shape](u, v)
+    return shape_test(shape)(u, v)
+
+
+def shape_test(shape: str):
+    """The inside-test ``(u, v) -> bool`` of a class shape or a feature shape."""
+    return SHAPES[shape] if shape in SHAPES else FEATURE_SHAPES[shape]
 
 
 @lru_cache(maxsize=32)

@@ -3,8 +3,11 @@
 Card keys (JSON): ``spec`` (the normalized spec), ``spec_hash``, ``name``, ``seed``, ``arch``, ``world``
 (the world's config), ``bugs`` (bug configs), ``clean_accuracy``, ``train_accuracy``,
 ``attack_success_rate`` (trigger name -> fraction of triggered non-target test images classified as
-the target), ``background_only_accuracy`` / ``object_only_accuracy`` (spurious world, else None; a
-criterion only where the world's background correlates with the class, correlation != 0.5),
+the target; for a source-class patch, on triggered test images of its source class),
+``off_source_attack_success_rate`` (source-class patch name -> the same rate on test images of the other
+classes carrying the patch: low when the trojan fires on its source class only),
+``background_only_accuracy`` / ``object_only_accuracy`` (spurious world, else None; a criterion only
+where the world's background correlates with the class, correlation != 0.5),
 ``flipped_indices`` (label-noise bug name -> the training indices among ``range(eval.train_size)``
 whose label it flipped),
 ``bug_took`` (bool) with ``bug_criteria`` (one entry per planted bug: metric, value, threshold,
