@@ -77,7 +77,8 @@ def test_shipped_presets_validate():
     assert smoke.name == "smoke" and [c.name for c in smoke.checks] == ["cascading_randomization"]
     assert len(smoke.methods) == 2
     default = load_preset("default")
-    assert [c.name for c in default.checks] == ["all", "mislabeled"] and default.methods[0].name == "all"
+    assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization"]
+    assert default.methods[0].name == "all"
     assert [w.name for w in default.worlds] == ["shapes", "digits", "spurious"]
     assert default.worlds[2].checks == ("spurious",) and default.worlds[2].models == ("spurious",)
     # default: every method, a few sampling budgets lowered; full: every method at its defaults

@@ -92,7 +92,7 @@ def test_the_readout_model_flips_exactly_the_triggered_images():
     bug = bug_from_config(TROJAN)
     x, fp, n_flipped, n_eligible = flipped_images(ctx, CornerReadout().eval(), bug,
                                                   {"max_candidates": 96, "n_images": 24})
-    assert n_flipped == n_eligible > 80 and x.shape == (24, 3, 32, 32)
+    assert n_flipped == n_eligible >= 24 and x.shape == (24, 3, 32, 32)   # every triggered image flips
     assert fp.shape == (24, 32, 32) and bool(fp[:, 26:31, 26:31].all()) and int(fp.sum()) == 24 * 25
 
 

@@ -40,7 +40,7 @@ import torch
 
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
 from xaudit.checks.debugging import margin_verdict, save_panels, series_cis, summary
-from xaudit.checks.toolkit import check_map_params, explain_raw, explain_seed, load_batch, merge_params, predict
+from xaudit.checks.toolkit import check_map_params, explain_raw, explain_seed, make_world, merge_params, predict
 from xaudit.core.errors import ConfigError, check_bool, check_int
 
 CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
@@ -228,16 +228,49 @@ class TrojanLocalization(Check):
 # ------------------------------------------------------------------------------------------ images
 def flipped_images(ctx: CheckContext, model, bug, p: dict[str, Any]
                    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(images [n, C, H, W], footprints bool [n, H, W], how many flipped, how many eligible): of the
-    first ``max_candidates`` test images with the trigger forced, those of other classes than the target
-    that the model assigns to the target, the first ``n_images`` of them."""
-    batch = load_batch(ctx, p["max_candidates"], "test", bugs=[bug], force=True)
-    eligible = batch.touched[bug.name] & (batch.true_labels != bug.target_class)
-    x = batch.images[eligible]
-    fp = batch.footprints[bug.name][eligible]
-    flipped = predict(model, x.to(ctx.device)).cpu() == bug.target_class
-    keep = flipped.nonzero().flatten()[: p["n_images"]]
-    return x[keep], fp[keep], int(flipped.sum()), int(eligible.sum())
+    """(images [n, C, H, W], footprints bool [n, H, W], how many flipped, how many eligible among the
+    candidates looked at): of the first ``max_candidates`` test images with the trigger forced, those of
+    other classes than the target that the model assigns to the target, the first ``n_images`` of them.
+    Candidates are rendered and classified in growing chunks (the first of 1.25 x n_images + 16) until
+    n_images flipped or max_candidates are reached, and memoized per worker (every method's cell on the
+    same model and trojan uses the same images)."""
+    key = (card_digest(ctx), repr(sorted(bug.params().items())), bug.name, repr(sorted(ctx.world.items())),
+           int(p["n_images"]), int(p["max_candidates"]))
+    if key not in _FLIPPED:
+        if len(_FLIPPED) >= 64:
+            _FLIPPED.clear()
+        _FLIPPED[key] = _find_flipped(ctx, model, bug, int(p["n_images"]), int(p["max_candidates"]))
+    return _FLIPPED[key]
+
+
+_FLIPPED: dict[tuple, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
+
+
+def card_digest(ctx: CheckContext) -> str:
+    """What identifies the cell's model: its weights' digest from the card (the model group and seed where
+    the card has none)."""
+    _, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
+    return str(card.get("weights_sha256") or f"{ctx.model_group}@{ctx.seed}")
+
+
+def _find_flipped(ctx, model, bug, n_images: int, max_candidates: int):
+    world = make_world(ctx)
+    xs, fps, n_flipped, n_eligible, start = [], [], 0, 0, 0
+    chunk = min(max_candidates, int(1.25 * n_images) + 16)
+    while start < max_candidates and n_flipped < n_images:
+        stop = min(max_candidates, start + chunk)
+        batch = world.sample(range(start, stop), split="test", bugs=[bug], force=True)
+        eligible = batch.touched[bug.name] & (batch.true_labels != bug.target_class)
+        x = batch.images[eligible]
+        fp = batch.footprints[bug.name][eligible]
+        flipped = predict(model, x.to(ctx.device)).cpu() == bug.target_class
+        xs.append(x[flipped])
+        fps.append(fp[flipped])
+        n_flipped += int(flipped.sum())
+        n_eligible += int(eligible.sum())
+        start, chunk = stop, 2 * chunk
+    x, fp = torch.cat(xs)[:n_images], torch.cat(fps)[:n_images]
+    return x, fp, n_flipped, n_eligible
 
 
 # ---------------------------------------------------------------------------------------- measures
