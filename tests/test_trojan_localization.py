@@ -114,6 +114,8 @@ def test_an_exact_gradient_localizes_a_linearly_read_trigger_and_the_baselines_d
         vb = verdicts(rb)
         assert vb[("l1_vs_blank", "corner")] == "fail", (baseline, vb)
         assert vb[("pearson_vs_edge", "corner")] in ("fail", "inconclusive")
+        for r in rb:                   # the store holds no NaN: undefined values are None
+            assert all(not (isinstance(v, float) and math.isnan(v)) for v in r.values()), r
         if baseline == "edge":         # identical to its own baseline: a difference of exactly 0
             assert vb[("pearson_vs_edge", "corner")] == "fail"
             assert value(rb, "method", "mass_accuracy") < 0.5

@@ -14,7 +14,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-IDENTITY = ("series", "stage", "block", "failed_maps", "subset", "domain")   # subset, domain: debugging tests
+IDENTITY = ("series", "stage", "block", "failed_maps", "subset", "domain",   # subset, domain: debugging tests
+            "trojan", "baseline")                                               # trojan_localization
 
 
 def load(run_dir: str) -> dict[tuple, dict]:

@@ -40,7 +40,8 @@ import torch
 
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
 from xaudit.checks.debugging import margin_verdict, save_panels, series_cis, summary
-from xaudit.checks.toolkit import check_map_params, explain_raw, explain_seed, make_world, merge_params, predict
+from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_or_none, make_world, merge_params,
+                                   predict)
 from xaudit.core.errors import ConfigError, check_bool, check_int
 
 CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
@@ -215,8 +216,8 @@ class TrojanLocalization(Check):
                 s = summary(vname, series[key], None, cis[key])
                 verdict = margin_verdict(s["ci_low"], s["ci_high"], 0.0, direction)
                 out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base,
-                               rule=RULES[vname], method_value=cis[(g, "method", m)][0],
-                               baseline_value=cis[(g, base, m)][0], **extra))
+                               rule=RULES[vname], method_value=finite_or_none(cis[(g, "method", m)][0]),
+                               baseline_value=finite_or_none(cis[(g, base, m)][0]), **extra))
         return out
 
     def figures(self, rows, artifacts):
