@@ -221,9 +221,12 @@ class TrojanLocalization(Check):
         return out
 
     def figures(self, rows, artifacts):
+        """One map grid per trojan (its first saved triggered image: input, the method's a, the edge map,
+        the footprint, for every method); the verdict scores figure stays. The box plots of Casper et
+        al. are not drawn yet."""
         from xaudit.checks.debugging import grids
 
-        return grids(self.name, artifacts)
+        return grids(self.name, artifacts, n_inputs=1)
 
 
 # ------------------------------------------------------------------------------------------ images
