@@ -222,11 +222,11 @@ class TrojanLocalization(Check):
 
     def figures(self, rows, artifacts):
         """One map grid per trojan (its first saved triggered image: input, the method's a, the edge map,
-        the footprint, for every method); the verdict scores figure stays. The box plots of Casper et
-        al. are not drawn yet."""
+        the footprint, for every method) and, per family, L1 and Pearson per method with the blank and
+        edge references (means and CIs; Casper et al. draw box plots of the per-image values)."""
         from xaudit.checks.debugging import grids
 
-        return grids(self.name, artifacts, n_inputs=1)
+        return scores_figure(rows) + grids(self.name, artifacts, n_inputs=1)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -317,3 +317,59 @@ def _named(ctx: CheckContext, trojan: str) -> CheckContext:
     import dataclasses
 
     return dataclasses.replace(ctx, model_group=f"{ctx.model_group}-{trojan}")
+
+
+# ---------------------------------------------------------------------------------------- figures
+def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    """Per (model, world, seed) and family: L1 (lower is better) and Pearson with the footprint per method
+    (mean and CI over the family's images), the blank guess's L1 and the edge map's values as reference
+    lines, and each method's verdict letter; methods sorted by L1 (as Casper et al. rank them)."""
+    from matplotlib.figure import Figure
+
+    from xaudit.checks.base import VERDICT_CODE
+    from xaudit.core.imaging import png
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("check") == TrojanLocalization.name and str(r.get("trojan", "")).startswith("family:"):
+            groups.setdefault((r.get("model"), r.get("world"), r.get("seed"), r["trojan"]), []).append(r)
+    out = []
+    for (model, world, seed, fam), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        def pick(series, metric):
+            return {r["method"]: r for r in rs if r.get("series") == series and r.get("metric") == metric}
+        l1, pe = pick("method", "trigger_distance"), pick("method", "mask_pearson")
+        verdicts = {(r["method"], r["metric"]): r.get("verdict") for r in rs if r.get("series") == "verdict"}
+        methods = sorted(l1, key=lambda m: (l1[m]["value"] is None, l1[m]["value"] or 0.0))
+        if not methods:
+            continue
+        fig = Figure(figsize=(max(6.0, 0.32 * len(methods) + 1.5), 5.2), dpi=100, layout="constrained")
+        axes = fig.subplots(2, 1, sharex=True)
+        for ax, per, metric, vname, base_series in ((axes[0], l1, "trigger_distance", "l1_vs_blank", "blank"),
+                                                    (axes[1], pe, "mask_pearson", "pearson_vs_edge", "edge")):
+            xs = range(len(methods))
+            vals = [_nan(per.get(m, {}).get("value")) for m in methods]
+            lo = [v - _nan(per.get(m, {}).get("ci_low")) for m, v in zip(methods, vals)]
+            hi = [_nan(per.get(m, {}).get("ci_high")) - v for m, v in zip(methods, vals)]
+            ax.errorbar(list(xs), vals, yerr=[lo, hi], fmt="o", color="C0", ms=4, capsize=2, lw=1)
+            for series, style, label in (("blank", "--", "blank guess"), ("edge", ":", "edge map")):
+                ref = pick(series, metric)
+                v = next((_nan(r["value"]) for r in ref.values() if r.get("value") is not None), math.nan)
+                if math.isfinite(v):
+                    ax.axhline(v, ls=style, color="0.4", lw=1, label=f"{label} {v:.3f}")
+            for i, m in enumerate(methods):
+                code = VERDICT_CODE.get(verdicts.get((m, vname)), "")
+                ax.annotate(code, (i, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                            fontsize=7)
+            ax.set_ylabel("L1 to footprint (lower better)" if metric == "trigger_distance" else "Pearson with footprint")
+            ax.legend(fontsize=7, loc="best")
+            ax.grid(axis="y", alpha=0.3)
+        axes[1].set_xticks(list(range(len(methods))), methods, rotation=60, ha="right", fontsize=7)
+        fig.suptitle(f"trojan_localization, {fam}: mean and CI per method; letters: verdict "
+                     f"({model}, {world}, seed {seed})", fontsize=8)
+        out.append((f"trojan_localization: L1 and Pearson per method, {fam} ({model}, {world}, seed {seed})",
+                    png(fig)))
+    return out
+
+
+def _nan(v) -> float:
+    return math.nan if v is None else float(v)
