@@ -34,6 +34,7 @@ from xaudit.explain.synthesis.optimize import DEFAULT_SIZE, DEFAULT_STEPS, check
 PARAMS = {"steps": DEFAULT_STEPS, "lr": None, "size": DEFAULT_SIZE, "restarts": 1, "transforms": True,
           "channels": None, "init_std": 1.0}
 
+
 def _validator(param: str):
     def validate(p: dict[str, Any]) -> None:
         check_settings(param, p["steps"], p["lr"], p["size"], p["restarts"])
