@@ -335,6 +335,15 @@ def info(name: str) -> MethodInfo:
     return METHODS.get(name)
 
 
+def setting_label(v):
+    """A setting as it is recorded: a tensor by its shape and a digest of its content
+    (``tensor[3, 32, 17]:1a2b3c4d5e6f``), anything else as it is."""
+    if isinstance(v, torch.Tensor):
+        digest = hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+        return f"tensor{list(v.shape)}:{digest}"
+    return v
+
+
 def _jsonable(v):
     if isinstance(v, torch.Tensor):
         return f"tensor{list(v.shape)}"
@@ -380,12 +389,7 @@ class Explainer:
     def config(self) -> dict[str, Any]:
         """The method and its parameters, JSON-able (tensors are named by shape and content hash),
         for cell keys and result rows."""
-        def enc(v):
-            if isinstance(v, torch.Tensor):
-                digest = hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
-                return f"tensor{list(v.shape)}:{digest}"
-            return v
-        return {"method": self.name, **{k: enc(v) for k, v in self.params.items()}}
+        return {"method": self.name, **{k: setting_label(v) for k, v in self.params.items()}}
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={_jsonable(v)!r}" for k, v in self.params.items())

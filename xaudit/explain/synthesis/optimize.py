@@ -38,14 +38,13 @@ only), and the model is put in eval mode with out-of-place ReLUs for the call (b
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 import torch
 from torch import nn
 
 from xaudit.core.errors import ConfigError, check_int, check_range
 from xaudit.core.rng import generator as make_generator, stream_seed
-from xaudit.explain.base import Synthesis, prepared
+from xaudit.explain.base import Synthesis, prepared, setting_label
 from xaudit.explain.synthesis import param as P
 from xaudit.explain.synthesis import transforms as T
 from xaudit.explain.synthesis.objectives import LOGITS, Context, Objective, as_objective
@@ -94,14 +93,6 @@ class _Recorder:
 
 def _shape(t) -> tuple[int, ...] | None:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else None
-
-
-def _jsonable(v):
-    """A setting as JSON: a tensor (e.g. a MaCo magnitude) by its shape and content digest."""
-    if isinstance(v, torch.Tensor):
-        digest = hashlib.sha1(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
-        return f"tensor{list(v.shape)}:{digest}"
-    return v
 
 
 def check_settings(param: str, steps: int, lr: float | None, size: int, restarts: int) -> None:
@@ -178,6 +169,6 @@ def optimize(model: nn.Module, objective, *, param: str = "fourier", steps: int 
     settings = {"param": param, "steps": steps, "lr": lr, "size": size, "channels": channels,
                 "restarts": r, "objectives": keys, "transforms": spec.as_dict(),
                 "transform_amounts": T.amounts(size, spec), "optimizer": "Adam", "init": "given" if init is not None
-                else {"init_std": opts.get("init_std", 1.0)}, "param_options": {k: _jsonable(v) for k, v in opts.items()},
+                else {"init_std": opts.get("init_std", 1.0)}, "param_options": {k: setting_label(v) for k, v in opts.items()},
                 "base_seed": base}
     return Synthesis(images, final, settings)
