@@ -159,9 +159,9 @@ def test_channel_conversion_by_hand():
     rep = to_frame(gray, 3, 2)
     assert rep.shape == (1, 3, 2, 2) and all(torch.equal(rep[:, c], gray[:, 0]) for c in range(3))
     # the bug module's own luminance of a colour agrees
-    from xaudit.world.bugs import _colour
+    from xaudit.world.bugs import world_colour
 
-    colour = _colour(world_mod.get("digits"), (0.2, 0.6, 0.9))
+    colour = world_colour(world_mod.get("digits"), (0.2, 0.6, 0.9))
     assert to_frame(torch.tensor([0.2, 0.6, 0.9]).view(1, 3, 1, 1), 1, 1).item() == pytest.approx(colour.item())
     with pytest.raises(ConfigError, match="channels"):
         to_frame(torch.zeros(1, 2, 4, 4), 3, 4)

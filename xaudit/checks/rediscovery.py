@@ -55,8 +55,9 @@ import torch.nn.functional as F
 
 from xaudit.core.errors import ConfigError
 from xaudit.core.rng import stream_id
+from xaudit.explain.synthesis.caricature import activations
 from xaudit.world.bugs import (NATURAL_FEATURES, OPTION_FEATURES, OPTION_PATTERNS, OPTION_STYLES, NaturalTrigger,
-                               PatchTrigger, StyleTrigger, bug_from_config, patch_pattern)
+                               PatchTrigger, StyleTrigger, bug_from_config, patch_pattern, world_colour)
 from xaudit.world.raster import draw
 
 __all__ = ["FAMILIES", "CANVAS_GREY", "STYLE_BASE_CLASS", "options", "option_box", "option_names", "render_option",
@@ -136,10 +137,7 @@ def render_option(bug_config, name: str, world, position=None) -> torch.Tensor:
         cx, cy = position if position is not None else (s / 2, s / 2)
         mask = draw(shape, s, torch.tensor([float(cx)]), torch.tensor([float(cy)]),
                     torch.tensor([frac * s]), torch.zeros(1))[0]
-        col = torch.tensor(rgb, dtype=torch.float32)
-        if world.channels == 1:
-            col = (0.299 * col[0] + 0.587 * col[1] + 0.114 * col[2]).view(1)
-        return torch.where(mask.unsqueeze(0), col.view(-1, 1, 1), canvas(world))
+        return torch.where(mask.unsqueeze(0), world_colour(world, rgb).view(-1, 1, 1), canvas(world))
     if position is not None:
         raise ConfigError("position", "a style changes the whole image and takes no position")
     return StyleTrigger(name, target_class=0, poison_rate=0.0).restyle(style_base(world).unsqueeze(0))[0]
@@ -320,16 +318,9 @@ class FeatureJudge(_Judge):
         if not isinstance(stride, int) or stride < 1:
             raise ConfigError("stride", f"must be a positive int, got {stride!r}")
         self.model, self.layer, self.stride, self.centre = model.eval(), layer, stride, bool(centre)
-        self._module = mods[layer]
 
     def embed(self, x, box):
-        got = {}
-        h = self._module.register_forward_hook(lambda m, i, o: got.__setitem__("a", o))
-        try:
-            self.model(x)
-        finally:
-            h.remove()
-        a = got["a"]
+        a = activations(self.model, x, [self.layer])[self.layer]
         return a.mean((2, 3)) if a.dim() == 4 else a.flatten(1)
 
 
@@ -366,13 +357,12 @@ def siblings(bug, bugs: Sequence[Any]) -> list[str]:
 
 def chi_square_uniform_p(picks: torch.Tensor, k: int = 8) -> float:
     """p-value of Pearson's chi-square test of the picks against uniform over k options."""
+    from scipy.stats import chisquare
+
     counts = torch.bincount(picks.flatten().long(), minlength=k).double()
-    n = counts.sum()
-    if n == 0:
+    if counts.sum() == 0:
         raise ConfigError("picks", "is empty")
-    stat = float(((counts - n / k) ** 2 / (n / k)).sum())
-    return float(torch.special.gammaincc(torch.tensor((k - 1) / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
+    return float(chisquare(counts.numpy()).pvalue)
 
 
 def collapse(picks: torch.Tensor, k: int = 8, factor: float = 3.0) -> bool:

@@ -147,7 +147,7 @@ def _check_class(field: str, value, world) -> None:
                                  f"{world.name!r}, got {value!r}")
 
 
-def _colour(world, rgb: tuple[float, float, float]) -> torch.Tensor:
+def world_colour(world, rgb: tuple[float, float, float]) -> torch.Tensor:
     """A colour for the world's channel count: RGB, or its luminance for one channel."""
     c = torch.tensor(rgb, dtype=torch.float32)
     if world.channels == 1:
@@ -567,7 +567,7 @@ class NaturalTrigger(_TriggerBug):
             p = rng.uniform(self._seed(split_seed), "pos", batch.indices[sel], 2)
             cx, cy = r + (s - 2 * r) * p[:, 0], r + (s - 2 * r) * p[:, 1]
             mask = draw(shape, s, cx, cy, r, torch.zeros(len(sel)))
-            c = _colour(world, rgb).view(1, -1, 1, 1)
+            c = world_colour(world, rgb).view(1, -1, 1, 1)
             batch.images[sel] = torch.where(mask.unsqueeze(1), c, batch.images[sel])
             footprint[sel] = mask
         return footprint
@@ -615,7 +615,7 @@ class SpuriousCue(Bug):
                 g = glyph(str(k), scale)
                 sel = batch.true_labels == k
                 footprint[sel, 1:1 + g.shape[0], 1:1 + g.shape[1]] = g
-            colour = _colour(world, (1.0, 1.0, 1.0)).view(1, -1, 1, 1)
+            colour = world_colour(world, (1.0, 1.0, 1.0)).view(1, -1, 1, 1)
         else:
             footprint = ~batch.object_mask
             colour = CUE_PALETTE[batch.true_labels % len(CUE_PALETTE)]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from xaudit.core.errors import ConfigError
 
-# ITU-R BT.601 luma weights, as xaudit.world.bugs._colour turns an RGB colour into one channel
+# ITU-R BT.601 luma weights, as xaudit.world.bugs.world_colour turns an RGB colour into one channel
 LUMINANCE = (0.299, 0.587, 0.114)
 
 
