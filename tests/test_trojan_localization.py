@@ -90,7 +90,7 @@ def value(rows, series, metric, trojan="corner"):
 def test_the_readout_model_flips_exactly_the_triggered_images():
     ctx = context("saliency", CARD)
     bug = bug_from_config(TROJAN)
-    x, fp, n_flipped, n_eligible = flipped_images(ctx, CornerReadout().eval(), bug,
+    x, fp, n_flipped, n_eligible = flipped_images(ctx, CornerReadout().eval(), CARD, bug,
                                                   {"max_candidates": 96, "n_images": 24})
     assert n_flipped == n_eligible >= 24 and x.shape == (24, 3, 32, 32)   # every triggered image flips
     assert fp.shape == (24, 32, 32) and bool(fp[:, 26:31, 26:31].all()) and int(fp.sum()) == 24 * 25

@@ -145,7 +145,7 @@ class TrojanLocalization(Check):
         out: list[dict[str, Any]] = []
         for bug in trojans:
             info = {"trojan_family": bug.kind, "target": bug.target_class, "trojan_params": bug.params()}
-            x, footprint, n_flipped, n_eligible = flipped_images(ctx, model, bug, p)
+            x, footprint, n_flipped, n_eligible = flipped_images(ctx, model, card, bug, p)
             if len(x) < p["min_images"]:
                 out.append(row(ctx, "too_few", len(x), None, None, len(x), trojan=bug.name, series="too_few",
                                n_eligible=n_eligible, n_flipped=n_flipped,
@@ -230,7 +230,7 @@ class TrojanLocalization(Check):
 
 
 # ------------------------------------------------------------------------------------------ images
-def flipped_images(ctx: CheckContext, model, bug, p: dict[str, Any]
+def flipped_images(ctx: CheckContext, model, card: dict[str, Any], bug, p: dict[str, Any]
                    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(images [n, C, H, W], footprints bool [n, H, W], how many flipped, how many eligible among the
     candidates looked at): of the first ``max_candidates`` test images with the trigger forced, those of
@@ -238,7 +238,9 @@ def flipped_images(ctx: CheckContext, model, bug, p: dict[str, Any]
     Candidates are rendered and classified in growing chunks (the first of 1.25 x n_images + 16) until
     n_images flipped or max_candidates are reached, and memoized per worker (every method's cell on the
     same model and trojan uses the same images)."""
-    key = (card_digest(ctx), repr(sorted(bug.params().items())), bug.name, repr(sorted(ctx.world.items())),
+    # the model by its weights' digest on the card (its group and seed where the card has none)
+    model_id = str(card.get("weights_sha256") or f"{ctx.model_group}@{ctx.seed}")
+    key = (model_id, repr(sorted(bug.params().items())), bug.name, repr(sorted(ctx.world.items())),
            int(p["n_images"]), int(p["max_candidates"]))
     if key not in _FLIPPED:
         if len(_FLIPPED) >= 64:
@@ -248,13 +250,6 @@ def flipped_images(ctx: CheckContext, model, bug, p: dict[str, Any]
 
 
 _FLIPPED: dict[tuple, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
-
-
-def card_digest(ctx: CheckContext) -> str:
-    """What identifies the cell's model: its weights' digest from the card (the model group and seed where
-    the card has none)."""
-    _, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
-    return str(card.get("weights_sha256") or f"{ctx.model_group}@{ctx.seed}")
 
 
 def _find_flipped(ctx, model, bug, n_images: int, max_candidates: int):
