@@ -86,14 +86,20 @@ class Maps:
         return self._cache[key]
 
 
-def post_process(raw: torch.Tensor, target: torch.Tensor, failed: list[str | None]) -> Maps:
-    """Abs, signed and 0-1 maps of raw maps [N, C, H, W]; inputs with a non-finite value are marked failed."""
-    from xaudit.core import maps
-
+def finite_maps(raw: torch.Tensor, failed: list[str | None]) -> tuple[torch.Tensor, list[str | None]]:
+    """Raw maps [N, C, H, W] with every map that holds a NaN or inf set to 0 and marked failed."""
     finite = torch.isfinite(raw.flatten(1)).all(1).tolist()
     failed = [f if f is not None or ok else "map: contains NaN or inf" for f, ok in zip(failed, finite)]
     if not all(finite):
         raw = torch.where(torch.tensor(finite, device=raw.device).view(-1, 1, 1, 1), raw, torch.zeros_like(raw))
+    return raw, failed
+
+
+def post_process(raw: torch.Tensor, target: torch.Tensor, failed: list[str | None]) -> Maps:
+    """Abs, signed and 0-1 maps of raw maps [N, C, H, W]; inputs with a non-finite value are marked failed."""
+    from xaudit.core import maps
+
+    raw, failed = finite_maps(raw, failed)
     return Maps(target=target.cpu(), abs=maps.abs_map(raw).cpu(), signed=maps.signed_map(raw).cpu(),
                 zero_one=maps.zero_one_map(raw).cpu(), failed=list(failed))
 

@@ -40,8 +40,8 @@ import torch
 
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
 from xaudit.checks.debugging import margin_verdict, save_panels, series_cis, summary
-from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_or_none, make_world, merge_params,
-                                   predict)
+from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_maps, finite_or_none, make_world,
+                                   merge_params, predict)
 from xaudit.core.errors import ConfigError, check_bool, check_int
 
 CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
@@ -154,10 +154,8 @@ class TrojanLocalization(Check):
                                **info, **common))
                 continue
             target = torch.full((len(x),), bug.target_class, dtype=torch.int64)
-            raw, failed = explain_raw(explainer, model, x.to(ctx.device), target.to(ctx.device), seed)
-            finite = torch.isfinite(raw.flatten(1)).all(1).tolist()
-            failed = [f if f is not None or ok else "map: contains NaN or inf" for f, ok in zip(failed, finite)]
-            raw = torch.where(torch.isfinite(raw), raw, torch.zeros_like(raw)).cpu()
+            raw, failed = finite_maps(*explain_raw(explainer, model, x.to(ctx.device), target.to(ctx.device), seed))
+            raw = raw.cpu()
             edge_raw = edge(model, x, target)
             values = {"method": localization(raw, footprint, failed),
                       "edge": localization(edge_raw, footprint, [None] * len(x)),
