@@ -135,7 +135,7 @@ def test_pixel_judge_picks_the_true_option_for_all_12_trojans(w):
 
 
 def test_feature_judge_picks_the_true_option_for_all_12_trojans(w, small_model):
-    out = R.true_pick_control(R.FeatureJudge(small_model, "relu4", stride=4), w, BUGS)
+    out = R.true_pick_control(R.FeatureJudge(small_model, "relu4"), w, BUGS)
     assert out["accuracy"] == 1.0, out
 
 
@@ -180,3 +180,40 @@ def test_noise_control_pixel_judge(w):
 def test_rank_of_true():
     s = torch.tensor([[0.1, 0.9, 0.5], [0.9, 0.1, 0.5]])
     assert R.rank_of_true(s, 1).tolist() == [1, 3]
+
+
+def test_calibration_removes_the_pixel_judges_collapse_on_styles_and_keeps_the_true_pick(w):
+    raw = R.PixelJudge()
+    cal = R.Calibrated(raw, n=100, seed=1)
+    imgs, _, names = R.options(BUGS[6].config(), w, seed=0)
+    assert R.noise_control(raw, imgs, None, n=100, seed=0)["collapsed"]
+    out = R.noise_control(cal, imgs, None, n=100, seed=0)           # another noise draw than calibration's
+    assert not out["collapsed"] and out["max_frequency"] < 0.3, out
+    assert R.true_pick_control(cal, w, BUGS)["accuracy"] == 1.0
+    # z-scores: on the calibration draw itself every option's scores have mean 0 and sd 1
+    ref = torch.rand((100, *imgs.shape[1:]), generator=torch.Generator().manual_seed(1))
+    z = cal.scores(ref, imgs)
+    assert torch.allclose(z.mean(0), torch.zeros(len(imgs)), atol=1e-5)
+    assert torch.allclose(z.std(0), torch.ones(len(imgs)), atol=1e-5)
+
+
+def test_feature_judge_pools_the_feature_map_over_each_window(w):
+    """With a 1x1-conv layer (no spatial context), the pooled window embedding is exactly the embedding of
+    the window's pixels, so the score equals a direct computation."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential()
+    net.add_module("conv", torch.nn.Conv2d(3, 6, 1))
+    net.add_module("relu", torch.nn.ReLU())
+    net.add_module("pool", torch.nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", torch.nn.Flatten())
+    j = R.FeatureJudge(net.eval(), "relu")
+    bug = BUGS[1]
+    imgs, t, _ = R.options(bug.config(), w, seed=0)
+    box = R.option_box(bug, w)
+    synth = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    r0, c0, h, wd = box
+    f = lambda x: net.relu(net.conv(x)).mean((2, 3))                 # noqa: E731
+    eo = torch.nn.functional.normalize(f(imgs[:, :, r0:r0 + h, c0:c0 + wd]), dim=1)
+    best = torch.stack([torch.nn.functional.normalize(f(synth[:, :, r:r + h, c:c + wd]), dim=1) @ eo.T
+                        for r in range(32 - h + 1) for c in range(32 - wd + 1)]).amax(0)
+    assert torch.allclose(j.scores(synth, imgs, box), best, atol=1e-5)

@@ -77,7 +77,7 @@ def test_shipped_presets_validate():
     assert smoke.name == "smoke" and [c.name for c in smoke.checks] == ["cascading_randomization"]
     assert len(smoke.methods) == 2
     default = load_preset("default")
-    assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization"]
+    assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization", "trojan_rediscovery"]
     assert default.methods[0].name == "all"
     assert [w.name for w in default.worlds] == ["shapes", "digits", "spurious"]
     assert default.worlds[2].checks == ("spurious",) and default.worlds[2].models == ("spurious",)
@@ -87,7 +87,12 @@ def test_shipped_presets_validate():
     assert set(plan.methods) == set(explain.names())
     lowered = {c.method: c.method_params for c in plan.cells if c.method_params}
     assert lowered == {"lime": {"samples": 128}, "kernel_shap": {"samples": 128},
-                       "shapley_value_sampling": {"samples": 2}, "deep_lift_shap": {"n_baselines": 8}}
+                       "shapley_value_sampling": {"samples": 2}, "deep_lift_shap": {"n_baselines": 8},
+                       **{m: {"steps": 256} for m in ("fv_pixel", "fv_fourier", "fv_maco", "fv_cppn")},
+                       "adversarial_patch": {"steps": 100, "batch_size": 32}}
+    # the synthesis methods run in trojan_rediscovery only (caricature in none of the default's checks)
+    assert {c.method for c in plan.cells if c.check == "trojan_rediscovery"} == {
+        "fv_pixel", "fv_fourier", "fv_maco", "fv_cppn", "adversarial_patch"}
     full = build_plan(load_preset("full"))
     assert set(full.methods) == set(plan.methods) and not any(c.method_params for c in full.cells)
     sanity = ("cascading_randomization", "independent_randomization", "data_randomization", "random_logit")

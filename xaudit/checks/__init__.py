@@ -3,7 +3,7 @@ from xaudit.checks.base import (CHECKS, METHOD_KINDS, Check, CheckContext, Model
                                  names, row, verdict_id, verdict_label)
 from xaudit.checks import randomization, data_randomization, random_logit  # noqa: F401,E402  (sanity checks)
 from xaudit.checks import contamination, mislabeled, ood, spurious  # noqa: F401,E402  (debugging tests)
-from xaudit.checks import trojan_localization  # noqa: F401,E402  (trojans)
+from xaudit.checks import trojan_localization, trojan_rediscovery  # noqa: F401,E402  (trojans)
 
 __all__ = ["CHECKS", "METHOD_KINDS", "Check", "CheckContext", "ModelRef", "declared_models", "describe", "get", "names", "row",
            "verdict_id", "verdict_label"]

@@ -115,7 +115,8 @@ class Check:
     """Base of every check. Class attributes are the check's metadata (the report shows them)."""
     name: ClassVar[str]
     version: ClassVar[str] = "1"
-    # "re-explain": the check runs the explainer itself (randomization); "score": scores given maps
+    # "re-explain": the check runs the explainer itself (randomization); "score": scores given maps;
+    # "synthesize": it runs a synthesis method and judges the images
     kind: ClassVar[str] = "re-explain"
     higher_is_better: ClassVar[bool | None] = None
     citation: ClassVar[str] = ""

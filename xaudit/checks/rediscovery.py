@@ -33,18 +33,19 @@ nor source).
 
 **Where the trigger is.** Options come with a box (:func:`option_box`): the patch's square, or the
 bounding square of every feature of the family drawn at the centre; styles have no box (whole image).
-A synthesized image has its trigger at an unknown position, so with a box a judge slides a window of
-the box's size over the synthesized image (stride ``stride``; the box's own position is always among
-them), pastes each window into the canvas at the box, and scores it against each option; an option's
+A synthesized image has its trigger at an unknown position, so with a box a judge scores every
+box-sized window of the synthesized image (stride ``stride``) against the options' box; an option's
 score is the max over windows. Without a box the whole image is compared.
 
 **Judges.** :class:`PixelJudge`: with a box, cosine similarity of the mean-centred pixels inside the
 box (centred by the scalar mean over channels and pixels, so colour differences between channels
 remain); without a box (styles), cosine of a style descriptor: 8-bin per-channel colour histograms
 (colour) beside the normalized amplitude spectrum of the grey image (texture periodicity), each half
-L2-normalized. :class:`FeatureJudge`: cosine of the spatially mean-pooled activations of one layer of
-an independently trained model (another architecture and seed than the audited model), on the pasted
-window images (box) or the whole images (styles).
+L2-normalized. :class:`FeatureJudge`: cosine of mean-pooled activations of one layer of an
+independently trained model (another architecture and seed than the audited model), pooled over the
+box or each window of the feature map (styles: the whole map). :class:`Calibrated` wraps either and
+z-scores each option's score against its scores on noise images (measured below: the raw judges'
+noise-control failures and what calibration does to them).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ from xaudit.world.bugs import (NATURAL_FEATURES, OPTION_FEATURES, OPTION_PATTERN
 from xaudit.world.raster import draw
 
 __all__ = ["FAMILIES", "CANVAS_GREY", "STYLE_BASE_CLASS", "options", "option_box", "option_names", "render_option",
-           "canvas", "style_base", "canvas_report", "PixelJudge", "FeatureJudge", "self_pick_accuracy",
+           "canvas", "style_base", "canvas_report", "PixelJudge", "FeatureJudge", "Calibrated", "self_pick_accuracy",
            "true_pick_control", "siblings", "noise_control", "collapse", "chi_square_uniform_p", "rank_of_true"]
 
 FAMILIES = {"patch": OPTION_PATTERNS, "style": OPTION_STYLES, "natural": OPTION_FEATURES}
@@ -198,20 +199,6 @@ def canvas_report(model, world) -> dict[str, float]:
 
 # ---------------------------------------------------------------- judges
 
-def _windows(synth: torch.Tensor, options_: torch.Tensor, box, stride: int) -> torch.Tensor:
-    """[M, W, C, S, S]: each k-sized window of each synthesized image pasted into the true-option-free
-    canvas (the options' first image outside the box) at the box."""
-    r0, c0, h, w = box
-    m, c, s, _ = synth.shape
-    rs = sorted(set(range(0, s - h + 1, stride)) | {r0})
-    cs = sorted(set(range(0, s - w + 1, stride)) | {c0})
-    crops = torch.stack([synth[:, :, r:r + h, q:q + w] for r in rs for q in cs], 1)     # [M,W,C,h,w]
-    base = options_[0].clone()
-    out = base.expand(m, crops.shape[1], c, s, s).clone()
-    out[:, :, :, r0:r0 + h, c0:c0 + w] = crops
-    return out
-
-
 def _check(synth, options_, box):
     for nm, t in (("synth", synth), ("options", options_)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -229,8 +216,6 @@ def _check(synth, options_, box):
 
 class _Judge:
     stride = 1
-    paste = True       # with a box: embed windows pasted into the canvas (False: embed the crops alone)
-    centre = False     # subtract the options' mean embedding before the cosine
 
     def embed(self, x: torch.Tensor, box) -> torch.Tensor:
         raise NotImplementedError
@@ -239,23 +224,12 @@ class _Judge:
     def scores(self, synth: torch.Tensor, options_: torch.Tensor, box=None, chunk: int = 64) -> torch.Tensor:
         """float [M, K]: each synthesized image's similarity to each option (max over windows with a box)."""
         _check(synth, options_, box)
-        if box is not None and not self.paste:
+        if box is not None:
             r0, c0, h, w = box
             return self._crop_scores(synth.float(), options_[:, :, r0:r0 + h, c0:c0 + w].float(), chunk)
-        eo = self.embed(options_.float(), box)
-        mu = eo.mean(0, keepdim=True) if self.centre else torch.zeros_like(eo[:1])
-        eo = F.normalize(eo - mu, dim=1)                                                 # [K,D]
-        out = []
-        for i in range(0, len(synth), chunk):
-            part = synth[i:i + chunk].float()
-            if box is None:
-                out.append(F.normalize(self.embed(part, None) - mu, dim=1) @ eo.T)
-                continue
-            win = _windows(part, options_.float(), box, self.stride)                    # [m,W,C,S,S]
-            m, nw = win.shape[:2]
-            e = F.normalize(self.embed(win.flatten(0, 1), box) - mu, dim=1).view(m, nw, -1)
-            out.append((e @ eo.T).amax(1))
-        return torch.cat(out)
+        eo = F.normalize(self.embed(options_.float(), None), dim=1)                       # [K,D]
+        return torch.cat([F.normalize(self.embed(synth[i:i + chunk].float(), None), dim=1) @ eo.T
+                          for i in range(0, len(synth), chunk)])
 
     def _crop_scores(self, synth, crops, chunk):
         h, w = crops.shape[-2:]
@@ -282,8 +256,6 @@ class PixelJudge(_Judge):
     miss it). Measured on the `trojans` world: it fails the noise control for styles (uniform noise reads
     as 'grain': flat spectrum, spread histogram), and passes it for patches and features."""
 
-    paste = False      # the pixels outside the box are the canvas for every window: crops suffice
-
     def __init__(self, stride: int = 1, bins: int = 8):
         if not isinstance(stride, int) or stride < 1:
             raise ConfigError("stride", f"must be a positive int, got {stride!r}")
@@ -303,25 +275,91 @@ class PixelJudge(_Judge):
 
 
 class FeatureJudge(_Judge):
-    """Cosine of spatially mean-pooled activations of ``layer`` (a module name of ``model``), on the
-    pasted window images (box) or whole images. ``model`` must be trained independently of the audited
-    model (another architecture and seed). ``centre``: subtract the options' mean embedding first.
-    Measured (the zoo's clean VGG, seed 1, layers relu2 and relu4, stride 2, 400 uniform-noise images):
-    it FAILS the noise control for every trojan's options (one option takes 54-100% of the picks; noise
-    images are all alike in feature space), centred or not; it tells colour-only styles apart."""
+    """Cosine of mean-pooled activations of ``layer`` (a module name of ``model``, whose output is a
+    feature map [N, D, h, w]). ``model`` must be trained independently of the audited model (another
+    architecture and seed). One forward per image: an option's embedding is its feature map averaged
+    over the box (scaled to the map's resolution), a synthesized image's is its map averaged over every
+    box-sized window (stride ``stride`` on the map), scored by the best window; without a box (styles),
+    whole maps are averaged. This differs from embedding each window pasted into the canvas only by the
+    layer's receptive field at the window's edge, at 1/W of the cost (W windows: ~170 for a 7 px box at
+    32 px, where the pasted form took 120 s for the 12 trojans' controls, the pooled form 1 s).
+    Measured on the `trojans` world (clean VGG seed 1): raw, it FAILS the noise control for every
+    trojan's options at relu1, relu2 and relu3 (one option takes 58-100% of 100 noise images' picks:
+    noise images are alike in feature space); :class:`Calibrated` fixes that at relu1 but then misses
+    the true option of one trojan (11 of 12)."""
 
-    def __init__(self, model: torch.nn.Module, layer: str, stride: int = 2, centre: bool = False):
+    def __init__(self, model: torch.nn.Module, layer: str, stride: int = 1):
         mods = dict(model.named_modules())
         if layer not in mods:
             raise ConfigError("layer", f"{layer!r} is no module of {type(model).__name__}; "
                                        f"modules: {', '.join(n for n in mods if n)}")
         if not isinstance(stride, int) or stride < 1:
             raise ConfigError("stride", f"must be a positive int, got {stride!r}")
-        self.model, self.layer, self.stride, self.centre = model.eval(), layer, stride, bool(centre)
+        self.model, self.layer, self.stride = model.eval(), layer, stride
 
-    def embed(self, x, box):
+    def fmap(self, x: torch.Tensor) -> torch.Tensor:
         a = activations(self.model, x, [self.layer])[self.layer]
-        return a.mean((2, 3)) if a.dim() == 4 else a.flatten(1)
+        if a.dim() != 4:
+            raise ConfigError("layer", f"{self.layer!r} gives {tuple(a.shape)}: a feature judge needs a "
+                                       "convolutional layer's map [N, D, h, w]")
+        return a
+
+    @torch.no_grad()
+    def scores(self, synth: torch.Tensor, options_: torch.Tensor, box=None, chunk: int = 256) -> torch.Tensor:
+        _check(synth, options_, box)
+        fo = self.fmap(options_.float())
+        if box is None:
+            eo = F.normalize(fo.mean((2, 3)), dim=1)
+            return torch.cat([F.normalize(self.fmap(synth[i:i + chunk].float()).mean((2, 3)), dim=1) @ eo.T
+                              for i in range(0, len(synth), chunk)])
+        r0, c0, h, w = box
+        f = fo.shape[-1] / options_.shape[-1]
+        a, b = int(r0 * f), int(c0 * f)
+        hh, ww = max(1, round(h * f)), max(1, round(w * f))
+        eo = F.normalize(fo[:, :, a:a + hh, b:b + ww].mean((2, 3)), dim=1)                    # [K,D]
+        out = []
+        for i in range(0, len(synth), chunk):
+            win = F.avg_pool2d(self.fmap(synth[i:i + chunk].float()), (hh, ww), stride=self.stride)
+            e = F.normalize(win.flatten(2).transpose(1, 2), dim=2)                             # [m,W,D]
+            out.append((e @ eo.T).amax(1))
+        return torch.cat(out)
+
+    def embed(self, x, box):    # whole-image embedding (the self-pick control without a box)
+        return self.fmap(x).mean((2, 3))
+
+
+class Calibrated:
+    """A judge whose scores are z-scored per option against its scores on ``n`` uniform-noise images
+    (a draw of their own, from ``seed``): score'(m, k) = (s(m, k) - mean_k) / sd_k. It removes the bias
+    toward options that resemble everything (the raw judges' collapse on noise): on noise, picks then
+    spread over the options by construction, so for a calibrated judge the noise control only checks
+    that the calibration holds on a fresh draw; the true-pick control (can it still find the true
+    option?) is the one that tests it. Means and sds are memoized per option set and box."""
+
+    def __init__(self, judge: _Judge, n: int = 200, seed: int = 0):
+        if not isinstance(n, int) or n < 2:
+            raise ConfigError("n", f"must be an int >= 2 (noise images to calibrate on), got {n!r}")
+        self.judge, self.n, self.seed = judge, n, int(seed)
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _stats(self, options_: torch.Tensor, box):
+        import hashlib
+
+        key = (hashlib.sha1(options_.detach().float().contiguous().numpy().tobytes()).hexdigest(),
+               None if box is None else tuple(box))
+        if key not in self._memo:
+            g = torch.Generator().manual_seed(self.seed)
+            ref = self.judge.scores(torch.rand((self.n, *options_.shape[1:]), generator=g), options_, box)
+            self._memo[key] = (ref.mean(0), ref.std(0).clamp_min(1e-8))
+        return self._memo[key]
+
+    @torch.no_grad()
+    def scores(self, synth: torch.Tensor, options_: torch.Tensor, box=None) -> torch.Tensor:
+        mu, sd = self._stats(options_, box)
+        return (self.judge.scores(synth, options_, box) - mu) / sd
+
+    def pick(self, synth: torch.Tensor, options_: torch.Tensor, box=None) -> torch.Tensor:
+        return self.scores(synth, options_, box).argmax(1)
 
 
 # ---------------------------------------------------------------- controls
