@@ -134,3 +134,26 @@ def test_refusals_and_too_few_images():
     rows = TrojanLocalization().run(context("saliency", {"bug_took": True, "spec": {"bugs": [other]}}))
     (r,) = rows
     assert r["series"] == "too_few" and r["value"] == 0 and r["verdict"] is None and math.isfinite(r["n_eligible"])
+
+
+def test_box_plots_read_the_per_image_values_each_cell_saved(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from xaudit.checks.trojan_localization import box_figure
+
+    rows = []
+    for method in ("saliency", "blank"):
+        ctx = dataclasses.replace(context(method, CARD), artifacts_dir=str(tmp_path))
+        rows += TrojanLocalization().run(ctx)
+    files = sorted(tmp_path.glob("values__*.npz"))
+    assert len(files) == 2
+    with np.load(files[1]) as z:        # saliency's cell
+        l1 = z["patch__method__trigger_distance"]
+        assert l1.size == 24 and z["natural__method__trigger_distance"].size == 0
+    mean = next(r["value"] for r in rows if r["method"] == "saliency" and r.get("series") == "method"
+                and r["metric"] == "trigger_distance" and r["trojan"] == "family:patch")
+    assert float(np.mean(l1)) == pytest.approx(mean, rel=1e-5)
+    figs = box_figure(rows, [tmp_path])
+    assert len(figs) == 1 and "patch" in figs[0][0] and figs[0][1][:4] == b"\x89PNG"

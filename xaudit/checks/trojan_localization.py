@@ -34,6 +34,7 @@ Verdicts (``verdict_key = ("metric", "trojan")``), one per trojan and one per fa
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -216,15 +217,17 @@ class TrojanLocalization(Check):
                 out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base,
                                rule=RULES[vname], method_value=finite_or_none(cis[(g, "method", m)][0]),
                                baseline_value=finite_or_none(cis[(g, base, m)][0]), **extra))
+        save_values(ctx, trojans, per_trojan)
         return out
 
     def figures(self, rows, artifacts):
-        """One map grid per trojan (its first saved triggered image: input, the method's a, the edge map,
-        the footprint, for every method) and, per family, L1 and Pearson per method with the blank and
-        edge references (means and CIs; Casper et al. draw box plots of the per-image values)."""
+        """Per family, box plots of the per-image L1 and Pearson per method beside the blank guess and the
+        edge map (as Casper et al. draw them; from the cells' saved values, else means and CIs from the
+        rows), and one map grid per trojan (its first saved triggered image: input, the method's a, the
+        edge map, the footprint, for every method)."""
         from xaudit.checks.debugging import grids
 
-        return scores_figure(rows) + grids(self.name, artifacts, n_inputs=1)
+        return (box_figure(rows, artifacts) or scores_figure(rows)) + grids(self.name, artifacts, n_inputs=1)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -313,6 +316,94 @@ def _named(ctx: CheckContext, trojan: str) -> CheckContext:
 
 
 # ---------------------------------------------------------------------------------------- figures
+VALUES_PREFIX = "values"
+BOX_MEASURES = ("trigger_distance", "mask_pearson")
+
+
+def save_values(ctx: CheckContext, trojans, per_trojan: dict[str, dict[str, Any]]) -> None:
+    """The per-image L1 and Pearson of the method, the edge map and the blank guess, per family, as one
+    npz per cell (the box plots' data). No-op without an artifacts directory."""
+    if not ctx.artifacts_dir or not per_trojan:
+        return
+    import numpy as np
+
+    from xaudit.checks.debugging import artifact_name
+
+    path = Path(ctx.artifacts_dir) / (VALUES_PREFIX + "__" + artifact_name(ctx))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for fam in FAMILIES:
+        members = [b.name for b in trojans if b.kind == fam and b.name in per_trojan]
+        for src in ("method", "edge", "blank"):
+            for m in BOX_MEASURES:
+                vals = [per_trojan[t]["values"][src][m] for t in members]
+                data[f"{fam}__{src}__{m}"] = (torch.cat(vals).float().numpy() if vals else np.zeros(0, np.float32))
+    np.savez_compressed(path, check=ctx.check, method=ctx.method, model=ctx.model_group, world=ctx.world_id,
+                        seed=ctx.seed, **data)
+
+
+def box_figure(rows: Sequence[dict[str, Any]], artifacts: Sequence[Path]) -> list[tuple[str, bytes]]:
+    """Per (model, world, seed) and family: box plots of the per-image L1 (top, lower is better) and
+    Pearson with the footprint (bottom) per method, the blank guess's and the edge map's boxes first (the
+    references, also drawn as lines), methods sorted by median L1; each method's verdict letter on top."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from xaudit.checks.base import VERDICT_CODE
+    from xaudit.checks.sanity_figures import _load
+    from xaudit.core.imaging import png
+
+    paths = sorted(p for d in map(Path, artifacts) if Path(d).is_dir()
+                   for p in Path(d).glob(f"{VALUES_PREFIX}__debugging__{TrojanLocalization.name}__*.npz"))
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        d = _load(path)
+        groups.setdefault((str(d["model"]), str(d["world"]), int(d["seed"])), []).append(d)
+    verdicts = {(r.get("model"), r.get("world"), r.get("seed"), r.get("trojan"), r["method"], r["metric"]): r.get("verdict")
+                for r in rows if r.get("check") == TrojanLocalization.name and r.get("series") == "verdict"}
+    out = []
+    for (model, world, seed), ds in sorted(groups.items()):
+        for fam in FAMILIES:
+            key = f"{fam}__method__trigger_distance"
+            ds_f = [d for d in ds if key in d and d[key].size]
+            if not ds_f:
+                continue
+            by_method = {str(d["method"]): d for d in ds_f}
+            methods = sorted(by_method, key=lambda m: float(np.nanmedian(by_method[m][key])))
+            ref = ds_f[0]
+            fig = Figure(figsize=(max(6.0, 0.3 * (len(methods) + 2) + 1.5), 5.6), dpi=100, layout="constrained")
+            axes = fig.subplots(2, 1, sharex=True)
+            labels = ["blank guess", "edge map"] + methods
+            for ax, m, vname in ((axes[0], "trigger_distance", "l1_vs_blank"), (axes[1], "mask_pearson", "pearson_vs_edge")):
+                cols = [ref[f"{fam}__blank__{m}"], ref[f"{fam}__edge__{m}"]] + [by_method[x][f"{fam}__method__{m}"]
+                                                                               for x in methods]
+                cols = [c[np.isfinite(c)] if np.isfinite(c).any() else np.array([np.nan]) for c in cols]
+                bp = ax.boxplot(cols, positions=range(len(cols)), widths=0.6, showfliers=False, patch_artist=True,
+                                medianprops={"color": "black"})
+                for i, box in enumerate(bp["boxes"]):
+                    box.set_facecolor("0.8" if i < 2 else "#9ecae1")
+                for i, base in ((0, "blank"), (1, "edge")):
+                    v = cols[i]
+                    if np.isfinite(v).any():
+                        ax.axhline(float(np.median(v)), ls="--" if base == "blank" else ":", color="0.4", lw=1,
+                                   label=f"{'blank guess' if base == 'blank' else 'edge map'} median {np.median(v):.3f}")
+                for i, meth in enumerate(methods):
+                    code = VERDICT_CODE.get(verdicts.get((model, world, seed, f"family:{fam}", meth, vname)), "")
+                    ax.annotate(code, (i + 2, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                                fontsize=7)
+                ax.set_ylabel("L1 to footprint (lower better)" if m == "trigger_distance" else "Pearson with footprint",
+                              fontsize=8)
+                ax.legend(fontsize=7, loc="best")
+                ax.grid(axis="y", alpha=0.3)
+            axes[1].set_xticks(list(range(len(labels))), labels, rotation=60, ha="right", fontsize=7)
+            n = int(ref[key].size)
+            fig.suptitle(f"trojan_localization, {fam} trojans: per-image values ({n} triggered images) per method, "
+                         f"grey = references; letters: verdict ({model}, {world}, seed {seed})", fontsize=8)
+            out.append((f"trojan_localization: L1 and Pearson per method, {fam} ({model}, {world}, seed {seed})",
+                        png(fig)))
+    return out
+
+
 def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
     """Per (model, world, seed) and family: L1 (lower is better) and Pearson with the footprint per method
     (mean and CI over the family's images), the blank guess's L1 and the edge map's values as reference
