@@ -110,8 +110,7 @@ def montages(artifacts: Sequence[str | Path]) -> list[tuple[str, bytes]]:
         cols = ["synthesized"] + [f"option {i + 1}" for i in range(d["options"].shape[1])]
         legend = ", ".join(f"j{j + 1} = {n}" for j, n in enumerate(judges))
         fig = montage(tiles, labels, cols, outlines=outlines, captions=captions,
-                      title=f"{CHECK}, {d['method']}: green = true trigger, other frames = a judge's wrong pick; "
-                            f"{legend}")
+                      title=f"{d['method']}: green frame = true trigger, other frames = a judge's wrong pick\n{legend}")
         out.append((f"{CHECK}: synthesized images and the options, {d['method']} ({d['model']}, {d['world']}, "
                     f"seed {int(d['seed'])})", png(fig)))
     return out

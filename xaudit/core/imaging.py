@@ -80,7 +80,7 @@ def montage(tiles: Sequence[Sequence[Any]], row_labels: Sequence[str] = (), col_
     th, tw = next(t for row in rgb for t in row if t is not None).shape[:2]
     n_rows, n_cols = len(rgb), max(len(row) for row in rgb)
     left = LABEL_INCHES if row_labels else 0.1
-    top = (0.75 if col_labels else 0.1) + (0.3 if title else 0.0)
+    top = (0.75 if col_labels else 0.1) + (0.16 * (title.count("\n") + 1) + 0.14 if title else 0.0)
     width, height = left + TILE_INCHES * n_cols + 0.1, top + TILE_INCHES * n_rows + 0.2
     fig = Figure(figsize=(width, height), dpi=100)
     ax = fig.add_axes((left / width, 0.2 / height, TILE_INCHES * n_cols / width, TILE_INCHES * n_rows / height))
