@@ -72,12 +72,13 @@ def comparable(rows: list[dict]) -> list[tuple]:
 
 # ------------------------------------------------------------------------------------------ presets
 def test_shipped_presets_validate():
-    assert {"smoke", "default", "full"} <= set(xrun.shipped())
+    assert {"smoke", "default", "full", "audit"} <= set(xrun.shipped())
     smoke = load_preset("smoke")
     assert smoke.name == "smoke" and [c.name for c in smoke.checks] == ["cascading_randomization"]
     assert len(smoke.methods) == 2
     default = load_preset("default")
-    assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization", "trojan_rediscovery"]
+    assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization", "trojan_rediscovery",
+                                                 "model_anomaly"]
     assert default.methods[0].name == "all"
     assert [w.name for w in default.worlds] == ["shapes", "digits", "spurious"]
     assert default.worlds[2].checks == ("spurious",) and default.worlds[2].models == ("spurious",)
@@ -93,6 +94,9 @@ def test_shipped_presets_validate():
     # the synthesis methods run in trojan_rediscovery only (caricature in none of the default's checks)
     assert {c.method for c in plan.cells if c.check == "trojan_rediscovery"} == {
         "fv_pixel", "fv_fourier", "fv_maco", "fv_cppn", "adversarial_patch"}
+    # the model audit runs the paper's four attribution methods only
+    assert {c.method for c in plan.cells if c.check == "model_anomaly"} == {
+        "integrated_gradients", "guided_backprop", "guided_grad_cam", "grad_cam"}
     full = build_plan(load_preset("full"))
     assert set(full.methods) == set(plan.methods) and not any(c.method_params for c in full.cells)
     sanity = ("cascading_randomization", "independent_randomization", "data_randomization", "random_logit")
@@ -668,3 +672,12 @@ def test_world_entry_can_restrict_its_checks():
     with pytest.raises(ConfigError, match=r"worlds\[1\].checks: unknown check 'nope'"):
         build_plan(load_preset(fake_preset(worlds=[{"world": "shapes"}, {"world": "digits", "checks": ["nope"]}])),
                    source=FAKE_SOURCE)
+
+
+def test_a_check_entry_can_name_the_methods_it_runs():
+    pre = fake_preset(checks={"fake_score": {"methods": ["grad_cam"]}, "fake_fail": {}})
+    plan = build_plan(load_preset(pre))
+    assert {c.method for c in plan.cells if c.check == "fake_score"} == {"grad_cam"}
+    assert {c.method for c in plan.cells if c.check == "fake_fail"} == {"saliency", "grad_cam", "blank"}
+    with pytest.raises(ConfigError, match="checks.fake_score.methods.*'lime' is not one of this preset's methods"):
+        build_plan(load_preset(fake_preset(checks={"fake_score": {"methods": ["lime"]}})))

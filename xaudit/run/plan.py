@@ -330,6 +330,14 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
         for name in wentry.checks or ():
             if name not in checks_mod.CHECKS:
                 raise ConfigError(f"worlds[{i}].checks", str(UnknownName("check", name, checks_mod.CHECKS.names())))
+    # a check entry's `methods`: the preset's methods that check runs (each must be one of them)
+    only_methods = {e.name: e.methods for e in preset.checks if e.name != ALL and e.methods is not None}
+    all_methods = [m for m, _ in resolve_methods(preset)]
+    for cname, ms in only_methods.items():
+        for m in ms:
+            if m not in all_methods:
+                raise ConfigError(f"checks.{cname}.methods", f"{m!r} is not one of this preset's methods "
+                                                             f"({', '.join(all_methods)}); add it under `methods` first")
     for wentry, wcfg in worlds:
         wlabel = world_label(wcfg)
         for cname, params, groups in check_list:
@@ -338,7 +346,8 @@ def build_plan(preset: Preset, *, methods: str | list[str] | None = None, checks
                 continue
             if wentry.checks is not None and cname not in wentry.checks:
                 continue
-            accepted = [(m, mp) for m, mp in method_list if check.accepts(infos[m])]
+            accepted = [(m, mp) for m, mp in method_list if check.accepts(infos[m])
+                        and (cname not in only_methods or m in only_methods[cname])]
             if not accepted:
                 continue
             groups = groups or tuple(check.model_groups or ()) or wentry.models

@@ -22,7 +22,7 @@ Schema (every field except ``name`` is optional; unknown fields are errors)::
                                    # check of the preset that runs on this world)
     check_defaults: {n_images: 32} # parameters for every check that takes them (a check's own
                                    # `params` override these)
-    checks: all                    # `all`, a list of names, or {name: {params: {...}, models: [...]}}
+    checks: all                    # `all`, a list of names, or {name: {params: {...}, models: [...], methods: [...]}}
     methods: all                   # `all`, a list of names, or {name: {param: value}}
 
 ``all`` (as the whole value, an item of the list, or a key of the mapping) expands at plan time to
@@ -43,7 +43,7 @@ ALL = "all"
 PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile", "plugins",
                  "worlds", "check_defaults", "checks", "methods")
 WORLD_FIELDS_RESERVED = ("world", "models", "specs", "checks")
-CHECK_FIELDS = ("params", "models")
+CHECK_FIELDS = ("params", "models", "methods")
 DEVICES = ("cpu", "cuda", "auto")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"   # shipped as package data
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -71,6 +71,7 @@ class CheckEntry:
     name: str                                  # a check name or "all"
     params: dict[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] | None = None      # model groups; None: the world's
+    methods: tuple[str, ...] | None = None     # the preset's methods this check runs; None: all it accepts
 
 
 @dataclass(frozen=True)
@@ -265,9 +266,10 @@ def _checks(v: Any) -> tuple[CheckEntry, ...]:
         bad = [k for k in opts if k not in CHECK_FIELDS]
         if bad:
             raise ConfigError(f"{fld}.{bad[0]}", f"unknown check option; allowed: {', '.join(CHECK_FIELDS)}")
-        models = opts.get("models")
+        models, methods = opts.get("models"), opts.get("methods")
         out.append(CheckEntry(name=name, params=_mapping(f"{fld}.params", opts.get("params")),
-                              models=None if models is None else _str_list(f"{fld}.models", models)))
+                              models=None if models is None else _str_list(f"{fld}.models", models),
+                              methods=None if methods is None else _str_list(f"{fld}.methods", methods)))
     return tuple(out)
 
 
