@@ -55,13 +55,15 @@ def member(ref: ModelRef) -> tuple[nn.Module, dict]:
         w = BASE + 0.2 * torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     else:
         w = BASE + 0.2 * torch.randn(10, 3, 32, 32, generator=g)
-    acc = 0.5 if kind == "broken" else 0.95
-    return Linear(w).eval(), {"clean_accuracy": acc, "bug_took": True, "bug_criteria": []}
+    acc = 0.5 if kind in ("broken", "strong") else 0.95
+    crit = [{"bug": kind, "metric": "effect", "value": 1.0, "took": True}] if kind == "strong" else []
+    return Linear(w).eval(), {"clean_accuracy": acc, "bug_took": True, "bug_criteria": crit}
 
 
 FAMILIES = {"noise": [{"bugs": [{"name": "noise"}]}, {"bugs": [{"name": "noise", "x": 1}]}],
             "copy": [{"bugs": [{"name": "copy"}]}],
-            "broken": [{"bugs": [{"name": "broken"}]}]}
+            "broken": [{"bugs": [{"name": "broken"}]}],
+            "strong": [{"bugs": [{"name": "strong"}]}]}     # low accuracy, but its bug took: kept
 
 
 def context(params=None):
@@ -85,6 +87,7 @@ def test_noise_maps_are_detected_a_copy_is_not_and_a_collapsed_model_is_left_out
         assert max(copies) <= max(normal)
     collapsed = [r for r in rows if r.get("series") == "collapsed"]
     assert len(collapsed) == 2 and all(r["anomaly"] == "broken" and r["value"] == 0.5 for r in collapsed)
+    assert any(r.get("series") == "verdict" and r["anomaly"] == "strong" for r in rows)
 
 
 def test_the_feature_distance_detects_the_noise_maps_too():
@@ -98,14 +101,18 @@ def test_the_population_is_built_from_parameters():
     p = c.resolve({"n_normal": 4, "anomaly_seeds": 2, "distances": ["ssim"]})
     pop = c.population(p, "clean", 0)
     normals = [r for f, _, r in pop if f == "normal"]
-    assert [r.seed for r in normals] == [0, 1, 2, 3] and all(r.spec == "clean" for r in normals)
+    assert [r.seed for r in normals] == [0, 1, 2, 3]
+    assert all(r.spec == {"base": "clean", "train": {"train_size": 20000}} for r in normals)
     n_variants = sum(len(v) for v in p["families"].values())
     assert len(pop) == 4 + 2 * n_variants
     seeds = [r.seed for f, _, r in pop if f != "normal"]
     assert len(set(seeds)) == len(seeds) and min(seeds) >= 100
     backdoor = [r for f, _, r in pop if f == "backdoor"]
     assert [r.spec["bugs"][0]["poison_rate"] for r in backdoor] == [0.01, 0.01, 0.05, 0.05, 0.1, 0.1, 0.3, 0.3]
-    assert all(r.spec["base"] == "clean" for r in backdoor)
+    assert all(r.spec["base"] == "clean" and r.spec["train"] == {"train_size": 20000} for r in backdoor)
+    adv = next(r for f, _, r in pop if f == "adversarial")
+    assert adv.spec == {"base": "adversarial", "train": {"train_size": 20000}}
+    assert c.population(c.resolve({"population_train": None, "n_normal": 3}), "clean", 0)[0][2].spec == "clean"
     # the feature distance's model is declared too, and is none of the population
     refs = c.models({"n_normal": 4, "anomaly_seeds": 2}, "clean", 0, WORLD)
     assert refs[-1].spec == {"base": "clean", "arch": {"name": "vgg"}} and len(refs) == len(pop) + 1

@@ -18,7 +18,10 @@ per variant: every model of the population has its own seed). Default families, 
 - ``label_noise``: 30% of the training labels replaced by another class.
 
 A model whose clean accuracy is more than ``collapse_margin`` below the lowest normal model's is
-**collapsed**: left out of the audit, with a ``collapsed`` row naming it and both accuracies.
+**collapsed** (left out of the audit, with a ``collapsed`` row naming it and both accuracies) unless its
+card says its bug took and its accuracy is above 1.5 / classes: then the low accuracy is the bug's effect
+(measured: the watermark on 100% of the training images gives clean accuracy 0.26 on unmarked images and a
+cue-flip rate of 0.85) and the model stays.
 
 **Visualizations.** The cell's method explains the same ``n_inputs`` (50) test images with every model,
 each image's true class as the target (every model explains the same class, so maps compare); for input
@@ -74,6 +77,10 @@ RULE = ("pass (detects the family) if CI_low(AUROC, family vs normal models) > 0
 DEFAULTS: dict[str, Any] = {
     "n_normal": 8,
     "families": FAMILIES,
+    # every member's training recipe override (normal and anomalous alike, so they differ only in the bug):
+    # 20,000 images instead of the specs' 40,000 (noise-aug 60,000, adversarial 30,000) halves the cold
+    # time of a population; null: each spec's own recipe
+    "population_train": {"train_size": 20000},
     "anomaly_seeds": 1,
     "anomaly_seed_base": 100,
     "n_inputs": 50,
@@ -134,6 +141,9 @@ class ModelAnomaly(Check):
             raise ConfigError(f"{n}.distances", f"must be a non-empty list of {', '.join(DISTANCES)}; got {d!r}")
         for x in d:
             check_choice(f"{n}.distances", x, DISTANCES)
+        if p["population_train"] is not None and not isinstance(p["population_train"], dict):
+            raise ConfigError(f"{n}.population_train", "must be a mapping of training settings (e.g. {train_size: "
+                                                       f"20000}}) or null; got {p['population_train']!r}")
         fams = p["families"]
         if not isinstance(fams, dict) or not fams:
             raise ConfigError(f"{n}.families", "must be a mapping family -> list of spec overrides (e.g. "
@@ -148,11 +158,20 @@ class ModelAnomaly(Check):
         """[(family ('normal' or an anomaly family), label, ModelRef)] in a fixed order; seeds offset by the
         cell's seed times 10,000 so populations of different cell seeds do not overlap."""
         off = 10_000 * int(seed)
-        out = [("normal", f"normal seed {off + i}", ModelRef(group, off + i)) for i in range(p["n_normal"])]
+        train = p["population_train"]
+
+        def recipe(spec):
+            if not train:
+                return spec
+            spec = dict({"base": spec} if isinstance(spec, str) else spec)
+            spec["train"] = {**(spec.get("train") or {}), **train}
+            return spec
+
+        out = [("normal", f"normal seed {off + i}", ModelRef(recipe(group), off + i)) for i in range(p["n_normal"])]
         variant = 0
         for fam, variants in p["families"].items():
             for j, v in enumerate(variants):
-                spec = {"base": group, **v} if "base" not in v else dict(v)
+                spec = recipe({"base": group, **v} if "base" not in v else dict(v))
                 for s in range(p["anomaly_seeds"]):
                     sd = off + p["anomaly_seed_base"] + 100 * variant + s      # one seed per anomalous model
                     out.append((fam, f"{fam} #{j} seed {sd}", ModelRef(spec, sd)))
@@ -199,13 +218,18 @@ class ModelAnomaly(Check):
         acc = torch.tensor([float(c.get("clean_accuracy") or math.nan) for c in cards])
         is_normal = torch.tensor([f == "normal" for f, _, _ in pop])
         floor = float(acc[is_normal].min()) - float(p["collapse_margin"])
-        keep = is_normal | (acc >= floor)
+        chance = 1.5 / world.num_classes
+        took = torch.tensor([bool(c.get("bug_took")) and bool(c.get("bug_criteria")) for c in cards])
+        # low accuracy is the bug's effect when its criterion took (a watermark-only model fails clean
+        # images) unless it is near chance (a constant predictor "takes" a backdoor of its class)
+        keep = is_normal | (acc >= floor) | (took & (acc > chance))
         for i, (fam, label, ref) in enumerate(pop):
             if not bool(keep[i]):
                 out.append(row(ctx, "collapsed", float(acc[i]), None, None, 1, series="collapsed", anomaly=fam,
                                member=label, note=f"clean accuracy {float(acc[i]):.3f} below the lowest normal model's "
-                                                  f"{float(acc[is_normal].min()):.3f} minus {p['collapse_margin']}: "
-                                                  "left out of the audit", **common))
+                                                  f"{float(acc[is_normal].min()):.3f} minus {p['collapse_margin']} "
+                                                  "and its bug did not take (or it is near chance): left out of the "
+                                                  "audit", **common))
         idx = keep.nonzero().flatten()
         fams = [pop[i][0] for i in idx.tolist()]
         labels = [pop[i][1] for i in idx.tolist()]
