@@ -161,3 +161,32 @@ def test_input_identification_and_the_figures(tmp_path):
     fpr, tpr = roc_curve(s)
     f2, t2, _ = sk_roc([0, 0, 0, 0, 1, 1, 1, 1], s, drop_intermediate=False)
     assert np.allclose(fpr, f2) and np.allclose(tpr, t2)            # no ties: the same points
+
+
+def test_caricatures_are_visualizations_too():
+    """A conv population: the caricature of each input in each model, compared as RGB images."""
+    from xaudit import explain
+    import xaudit.explain.synthesis  # noqa: F401  (registers caricature)
+
+    c = ModelAnomaly()
+    assert c.accepts({"name": "caricature", "kind": "synthesis"}) and not c.accepts({"name": "fv_pixel", "kind": "synthesis"})
+
+    def conv_member(ref):
+        torch.manual_seed(int(ref.seed) if not isinstance(ref.spec, dict) or "bugs" not in ref.spec else 999 + ref.seed)
+        net = nn.Sequential()
+        net.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
+        net.add_module("relu", nn.ReLU())
+        net.add_module("pool", nn.AdaptiveAvgPool2d(2))
+        net.add_module("flat", nn.Flatten())
+        net.add_module("fc", nn.Linear(16, 10))
+        return net.eval(), {"clean_accuracy": 0.9, "bug_took": True, "bug_criteria": []}
+
+    ctx = context({"n_normal": 3, "families": {"noise": [{"bugs": [{"name": "noise"}]}]}, "anomaly_seeds": 1,
+                   "n_inputs": 3, "distances": ["ssim", "l2"], "caricature_layers": ["conv1"]})
+    import dataclasses
+    ctx = dataclasses.replace(ctx, method="caricature", method_params={"steps": 3}, load_model=conv_member,
+                              method_kind="synthesis")
+    rows = c.run(ctx)
+    scores = [r for r in rows if r.get("series") == "model"]
+    assert len(scores) == 2 * 4 and all(r["value"] is not None and r["value"] > 0 for r in scores)
+    assert explain.info("caricature").kind == "synthesis"

@@ -26,7 +26,10 @@ cue-flip rate of 0.85) and the model stays.
 **Visualizations.** The cell's method explains the same ``n_inputs`` (50) test images with every model,
 each image's true class as the target (every model explains the same class, so maps compare); for input
 identification also ``n_identify`` (40) of them with the backdoor patch and with the watermark forced on.
-Maps are rendered as images: sum_c |attr| scaled to [0, 1] per map (``zero_one``).
+Maps are rendered as images: sum_c |attr| scaled to [0, 1] per map (``zero_one``). The ``caricature``
+synthesis method is accepted too: its visualization of an input is the image whose ``caricature_layers``
+activations match the input's (Olah et al. 2017), every model's drawn with the same seed; SSIM of
+images is the mean over channels.
 
 **Distances** (``distances``; no download): ``ssim`` (1 - SSIM of the rendered maps), ``l2`` (root mean
 square difference of the rendered maps) and ``features`` (LPIPS-style, without LPIPS's download: the
@@ -91,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "feature_layer": "relu2",
     "collapse_margin": 0.1,
     "figure_inputs": 4,             # inputs whose maps the report's grid shows for every model
+    "caricature_layers": ["conv1", "conv2"],   # the layers a caricature matches (the zoo CNN's two convolutions)
     "ci_level": 0.95,
     "n_boot": 2000,
 }
@@ -106,6 +110,7 @@ class ModelAnomaly(Check):
     defaults = DEFAULTS
     worlds = ("shapes",)
     model_groups = ("clean",)
+    method_kinds = ("attribution", "synthesis")
     verdict_key = ("metric", "anomaly", "distance")
     scorecard_metric = "detects"
     description = (
@@ -118,9 +123,18 @@ class ModelAnomaly(Check):
         "flagged, AUROC vs the normal models (model = unit) and, for backdoor and watermark, the AUROC of per-input "
         "scores on triggered vs clean inputs. " + RULE + ".")
 
+    def accepts(self, method) -> bool:
+        """Every attribution method, and of the synthesis methods the caricature (the view of a real input
+        the paper audits; class visualizations have no input to compare)."""
+        kind = str(method.get("kind", "attribution"))
+        return kind == "attribution" or (kind == "synthesis" and method.get("name") == "caricature")
+
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         p = merge_params(self.name, dict(params or {}), DEFAULTS)
         n = self.name
+        layers = p["caricature_layers"]
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigError(f"{n}.caricature_layers", f"must be a non-empty list of layer names, got {layers!r}")
         check_int(f"{n}.n_normal", p["n_normal"], 3, 10_000)
         check_int(f"{n}.anomaly_seeds", p["anomaly_seeds"], 1, 100)
         check_int(f"{n}.anomaly_seed_base", p["anomaly_seed_base"], 0, 1_000_000)
@@ -212,9 +226,9 @@ class ModelAnomaly(Check):
         for fam, label, ref in pop:
             model, card = ctx.load_model(ref)
             cards.append(card)
-            maps.append(_render(explainer, model, x, y, eseed, ctx.device))
+            maps.append(_render(explainer, model, x, y, eseed, ctx.device, p))
             for f, (tx, ty) in triggered.items():
-                tmaps[f].append(_render(explainer, model, tx, ty, eseed, ctx.device))
+                tmaps[f].append(_render(explainer, model, tx, ty, eseed, ctx.device, p))
         acc = torch.tensor([float(c.get("clean_accuracy") or math.nan) for c in cards])
         is_normal = torch.tensor([f == "normal" for f, _, _ in pop])
         floor = float(acc[is_normal].min()) - float(p["collapse_margin"])
@@ -292,8 +306,15 @@ class ModelAnomaly(Check):
         return scores_figure(rows) + grids(artifacts) + roc_figure(artifacts)
 
 
-def _render(explainer, model, x, y, seed, device) -> torch.Tensor:
-    """float [n, H, W]: the maps rendered as images (sum_c |attr| scaled to [0, 1]); failed maps are 0."""
+def _render(explainer, model, x, y, seed, device, p) -> torch.Tensor:
+    """The visualizations of ``x`` as images: an attribution method's maps rendered as float [n, H, W]
+    (sum_c |attr| scaled to [0, 1]; failed maps are 0), or the caricatures float [n, C, H, W] in [0, 1] of
+    the inputs (matching ``caricature_layers``; every model's from the same generator seed, so models
+    differ only by their weights)."""
+    if explainer.kind == "synthesis":
+        g = torch.Generator(device=device).manual_seed(int(seed))
+        return explainer.synthesize(model, {"images": x.to(device), "layers": list(p["caricature_layers"])},
+                                    generator=g).cpu().float()
     raw, failed = explain_raw(explainer, model, x.to(device), y.to(device), seed)
     return post_process(raw.cpu(), y, failed).zero_one[:, 0].float()
 
@@ -303,8 +324,14 @@ def _distance(name: str, feature_model, layer: str):
     from xaudit import metrics
     from xaudit.metrics import population as P
 
+    def ssim(a, b):     # [n, H, W] maps, or [n, C, H, W] images: the mean over channels (skimage's channel_axis)
+        if a.dim() == 3:
+            return metrics.ssim(a, b, data_range=1.0)
+        n, c = a.shape[:2]
+        return metrics.ssim(a.flatten(0, 1), b.flatten(0, 1), data_range=1.0).view(n, c).mean(1)
+
     if name == "ssim":
-        return lambda st: P.pairwise(st, lambda a, b: 1.0 - metrics.ssim(a.unsqueeze(1), b.unsqueeze(1), data_range=1.0))
+        return lambda st: P.pairwise(st, lambda a, b: 1.0 - ssim(a, b))
     if name == "l2":
         return lambda st: P.pairwise(st, lambda a, b: (a - b).flatten(1).pow(2).mean(1).sqrt())
     from xaudit.explain.synthesis.caricature import activations
@@ -314,8 +341,11 @@ def _distance(name: str, feature_model, layer: str):
         and scaled by 1/sqrt(positions), so the squared distance of two embeddings is the mean over
         positions of the squared difference of the normalized features (LPIPS without its learned
         channel weights and with one layer)."""
-        m, i, h, w = st.shape
-        flat = st.reshape(m * i, 1, h, w).expand(-1, _channels(feature_model), -1, -1)
+        m, i = st.shape[:2]
+        h, w = st.shape[-2:]
+        ch = _channels(feature_model)
+        flat = (st.reshape(m * i, 1, h, w).expand(-1, ch, -1, -1) if st.dim() == 4
+                else st.reshape(m * i, -1, h, w))      # a caricature is an image: fed as it is
         with torch.no_grad():
             a = torch.cat([activations(feature_model, flat[s:s + 512], [layer])[layer] for s in range(0, len(flat), 512)])
         if a.dim() != 4:
