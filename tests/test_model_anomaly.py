@@ -112,6 +112,8 @@ def test_the_population_is_built_from_parameters():
     assert all(r.spec["base"] == "clean" and r.spec["train"] == {"train_size": 20000} for r in backdoor)
     adv = next(r for f, _, r in pop if f == "adversarial")
     assert adv.spec == {"base": "adversarial", "train": {"train_size": 20000}}
+    noise = next(r for f, _, r in pop if f == "gaussian_noise")      # a variant's own settings win
+    assert noise.spec["train"] == {"train_size": 20000, "noise_sigma": 0.1}
     assert c.population(c.resolve({"population_train": None, "n_normal": 3}), "clean", 0)[0][2].spec == "clean"
     # the feature distance's model is declared too, and is none of the population
     refs = c.models({"n_normal": 4, "anomaly_seeds": 2}, "clean", 0, WORLD)
