@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from xaudit.checks.base import CheckContext
+from xaudit.checks.base import CheckContext, ModelRef
 from xaudit.core import rng
 from xaudit.core.errors import ConfigError, NotApplicable, check_choice, check_int, check_range
 from xaudit.core.rng import stream_seed  # noqa: F401  (the one seed helper, re-exported for checks)
@@ -322,3 +322,24 @@ def load_images(ctx: CheckContext, p: dict[str, Any]) -> tuple[torch.Tensor, tor
         return x, labels, torch.arange(len(x))
     batch = load_batch(ctx, p["n_images"], p["split"])
     return batch.images, batch.true_labels, batch.indices
+
+
+def trojaned_model(ctx: CheckContext, check: str, kinds: Sequence[str], require_took: bool):
+    """(model, card, trigger bugs) of the cell's primary model: the bugs on its card of the given
+    ``kinds``, in card order. Refuses a model whose card says a bug did not take (``require_took``; the
+    message names each failed criterion and its measured value) and a model without such bugs."""
+    from xaudit import zoo
+    from xaudit.world import bug_from_config
+
+    model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
+    if require_took:
+        zoo.require_bug_took(card, what=check)
+    configs = (card.get("spec") or {}).get("bugs") or []
+    bugs = [bug_from_config(c) for c in configs if isinstance(c, dict) and c.get("kind") in kinds]
+    if not bugs:
+        have = sorted({str(c.get("kind")) for c in configs if isinstance(c, dict)})
+        names = ", ".join(kinds[:-1]) + (" or " if len(kinds) > 1 else "") + kinds[-1]
+        raise ConfigError("model", f"{check} needs a model with {names} trojans; {ctx.model_group!r} has bugs of "
+                                   f"kinds {have or 'none'}")
+    return model, card, bugs
+

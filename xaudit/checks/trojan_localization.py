@@ -42,7 +42,7 @@ import torch
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
 from xaudit.checks.debugging import margin_verdict, save_panels, series_cis, summary
 from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_maps, finite_or_none, make_world,
-                                   merge_params, predict)
+                                   merge_params, predict, trojaned_model)
 from xaudit.core.errors import ConfigError, check_bool, check_int
 
 CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
@@ -124,19 +124,10 @@ class TrojanLocalization(Check):
         return [ModelRef(model_group, seed)]
 
     def run(self, ctx: CheckContext) -> list[dict[str, Any]]:
-        from xaudit import explain, zoo
-        from xaudit.world import bug_from_config
+        from xaudit import explain
 
         p = self.resolve(ctx.params)
-        model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
-        if p["require_bug_took"]:
-            zoo.require_bug_took(card, what=self.name)
-        configs = (card.get("spec") or {}).get("bugs") or []
-        trojans = [bug_from_config(c) for c in configs if isinstance(c, dict) and c.get("kind") in FAMILIES]
-        if not trojans:
-            kinds = sorted({str(c.get("kind")) for c in configs if isinstance(c, dict)})
-            raise ConfigError("model", f"{self.name} needs a model with patch or natural-feature trojans; "
-                                       f"{ctx.model_group!r} has bugs of kinds {kinds or 'none'}")
+        model, card, trojans = trojaned_model(ctx, self.name, FAMILIES, p["require_bug_took"])
         explainer = explain.get(ctx.method, **(ctx.method_params or {}))
         edge = explain.get("edge")
         seed = explain_seed(ctx.seed, ctx.method)

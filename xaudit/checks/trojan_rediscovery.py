@@ -53,7 +53,7 @@ import torch
 from xaudit.checks import rediscovery as RD
 from xaudit.checks.base import CHECKS, Check, CheckContext, ModelRef, row
 from xaudit.checks.debugging import series_cis, summary
-from xaudit.checks.toolkit import finite_or_none, make_world, merge_params
+from xaudit.checks.toolkit import finite_or_none, make_world, merge_params, trojaned_model
 from xaudit.core.errors import ConfigError, check_bool, check_choice, check_int, check_range
 from xaudit.core.rng import stream_seed
 
@@ -162,19 +162,10 @@ class TrojanRediscovery(Check):
         return refs
 
     def run(self, ctx: CheckContext) -> list[dict[str, Any]]:
-        from xaudit import explain, zoo
-        from xaudit.world import bug_from_config
+        from xaudit import explain
 
         p = self.resolve(ctx.params)
-        model, card = ctx.load_model(ModelRef(ctx.model_group, ctx.seed))
-        if p["require_bug_took"]:
-            zoo.require_bug_took(card, what=self.name)
-        configs = (card.get("spec") or {}).get("bugs") or []
-        bugs = [bug_from_config(c) for c in configs if isinstance(c, dict) and c.get("kind") in FAMILIES]
-        if not bugs:
-            kinds = sorted({str(c.get("kind")) for c in configs if isinstance(c, dict)})
-            raise ConfigError("model", f"{self.name} needs a model with patch, style or natural-feature trojans; "
-                                       f"{ctx.model_group!r} has bugs of kinds {kinds or 'none'}")
+        model, card, bugs = trojaned_model(ctx, self.name, FAMILIES, p["require_bug_took"])
         world = make_world(ctx)
         free = trojan_free_class(bugs, world.num_classes, p["trojan_free_class"])
         targets = sorted({b.target_class for b in bugs})
