@@ -192,3 +192,17 @@ def test_caricatures_are_visualizations_too():
     scores = [r for r in rows if r.get("series") == "model"]
     assert len(scores) == 2 * 4 and all(r["value"] is not None and r["value"] > 0 for r in scores)
     assert explain.info("caricature").kind == "synthesis"
+
+
+def test_a_bad_feature_layer_is_refused_before_any_model_is_explained():
+    loaded = []
+
+    def load(ref):
+        loaded.append(ref)
+        return member(ref)
+
+    import dataclasses
+    ctx = dataclasses.replace(context({"distances": ["features"], "feature_layer": "conv9"}), load_model=load)
+    with pytest.raises(ConfigError, match="conv9.*modules: conv1"):
+        ModelAnomaly().run(ctx)
+    assert len(loaded) == 1       # only the feature model was loaded

@@ -225,6 +225,13 @@ class ModelAnomaly(Check):
         common = {"ci_level": float(p["ci_level"]), "n_boot": int(p["n_boot"]), "n_inputs": n,
                   "n_normal": int(p["n_normal"])}
 
+        feature_model = None
+        if "features" in p["distances"]:     # checked before any model is explained
+            feature_model = ctx.load_model(ModelRef(p["feature_model"], int(p["feature_seed"])))[0]
+            layers = dict(feature_model.named_modules())
+            if p["feature_layer"] not in layers:
+                raise ConfigError(f"{self.name}.feature_layer", f"{p['feature_layer']!r} is no module of the feature "
+                                                                f"model; modules: {', '.join(n for n in layers if n)}")
         cards, maps, tmaps, out = [], [], {f: {} for f in triggered}, []
         for i, (fam, label, ref) in enumerate(pop):
             model, card = ctx.load_model(ref)
@@ -258,9 +265,6 @@ class ModelAnomaly(Check):
         # normal model's score uses only normal models, and a family's only its own)
         tstack = {f: torch.stack([tm.get(i, torch.zeros_like(maps[i][:k])) for i in idx.tolist()])
                   for f, tm in tmaps.items()}
-        feature_model = None
-        if "features" in p["distances"]:
-            feature_model = ctx.load_model(ModelRef(p["feature_model"], int(p["feature_seed"])))[0]
         for m_i in idx.tolist():
             fam = pop[m_i][0]
             effect = _effect(cards[m_i])

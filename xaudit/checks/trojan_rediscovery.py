@@ -171,8 +171,8 @@ class TrojanRediscovery(Check):
         targets = sorted({b.target_class for b in bugs})
         k = int(p["k_options"])
         explainer = explain.get(ctx.method, **(ctx.method_params or {}))
+        judges = build_judges(ctx, p)       # a bad judge layer is refused before any synthesis
         synth, settings = synthesize(ctx, explainer, model, world, targets + [free], p)
-        judges = build_judges(ctx, p)
 
         common = {"ci_level": float(p["ci_level"]), "n_boot": int(p["n_boot"]), "k_options": k,
                   "restarts": int(p["restarts"]), "trojan_free_class": free, "synthesis": settings}
