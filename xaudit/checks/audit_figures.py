@@ -2,13 +2,12 @@
 grid of visualizations (rows: models; columns: the same inputs) and the input-identification ROC curves."""
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from xaudit.checks.base import VERDICT_CODE
+from xaudit.checks.base import VERDICT_CODE, rows_by_model
 from xaudit.core.imaging import montage, png
 
 CHECK = "model_anomaly"
@@ -24,12 +23,8 @@ def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
     each family's verdict letter and AUROC."""
     from matplotlib.figure import Figure
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get("check") == CHECK:
-            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
     out = []
-    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (model, world, seed), rs in rows_by_model(rows, CHECK):
         scores = [r for r in rs if r.get("series") == "model"]
         if not scores:
             continue

@@ -189,6 +189,17 @@ def verdict_label(r: Mapping[str, Any], key: Sequence[str]) -> str:
     return " / ".join(str(r.get(k)) for k in key)
 
 
+def rows_by_model(rows: Sequence[Mapping[str, Any]], check: str, series: Sequence[str] | None = None
+                  ) -> list[tuple[tuple, list[Mapping[str, Any]]]]:
+    """``check``'s rows (of the given ``series`` only, when given) grouped by (model, world, seed), the
+    groups in the order of those keys as strings: what a check's figures draw one figure per group of."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("check") == check and (series is None or r.get("series") in series):
+            groups.setdefault((r.get("model"), r.get("world"), r.get("seed")), []).append(r)
+    return sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+
+
 def row(ctx: CheckContext, metric: str, value: float, ci_low: float | None = None,
         ci_high: float | None = None, n: int | None = None, verdict: str | None = None,
         **extra: Any) -> dict[str, Any]:

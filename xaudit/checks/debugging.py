@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row
+from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row, rows_by_model
 from xaudit.checks.toolkit import Maps, bootstrap_mean_cis, check_map_params, finite_or_none, merge_params, stream_seed
 from xaudit.core.errors import check_bool, check_choice, check_range
 from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
@@ -220,13 +220,9 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]],
     ``what``: the figure's title after the check's name."""
     from matplotlib.figure import Figure
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get("check") == check and r.get("series") in ("buggy", "reference", "calibration", "verdict"):
-            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
     out = []
     styles = (("C3", "C3", -0.12), ("none", "C0", 0.12))
-    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (model, world, seed), rs in rows_by_model(rows, check, ("buggy", "reference", "calibration", "verdict")):
         verdict_rows = [r for r in rs if r.get("series") == "verdict"]
         panels = list(dict.fromkeys((str(r["metric"]), r.get("domain")) for r in verdict_rows))
         if not panels:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xaudit.checks.base import VERDICT_CODE
+from xaudit.checks.base import VERDICT_CODE, rows_by_model
 from xaudit.core.imaging import montage, png
 
 CHECK = "trojan_rediscovery"
@@ -27,12 +27,8 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
     (mismatched, trojan-free) as open markers; the verdict letter above each method."""
     from matplotlib.figure import Figure
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get("check") == CHECK:
-            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
     out = []
-    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (model, world, seed), rs in rows_by_model(rows, CHECK):
         panels = list(dict.fromkeys((r.get("trojan_family"), r.get("judge")) for r in rs if r.get("series") == "verdict"))
         if not panels:
             continue

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xaudit.checks.base import VERDICT_CODE
+from xaudit.checks.base import VERDICT_CODE, rows_by_model
 from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
 
 METRIC_TITLES = {"spearman_abs": "Spearman (abs maps)", "spearman_signed": "Spearman (signed maps)",
@@ -43,12 +43,8 @@ def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str 
 def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
     from matplotlib.figure import Figure
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get("check") == check and r.get("series") in ("stage", "retrain_reference", "calibration", "verdict"):
-            groups[(r.get("model"), r.get("world"), r.get("seed"))].append(r)
     out = []
-    for (model, world, seed), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (model, world, seed), rs in rows_by_model(rows, check, ("stage", "retrain_reference", "calibration", "verdict")):
         methods = sorted({r["method"] for r in rs})
         stages = sorted({r["stage"] for r in rs if r.get("series") == "stage"})
         labels = {r["stage"]: r.get("block") or str(r["stage"]) for r in rs if r.get("series") == "stage"}
