@@ -261,8 +261,8 @@ class ModelAnomaly(Check):
         labels = [pop[i][1] for i in idx.tolist()]
         normal = torch.tensor([f == "normal" for f in fams])
         stack = torch.stack([maps[i] for i in idx.tolist()])                        # [M, n, H, W]
-        # triggered inputs' maps where computed, zeros elsewhere (those models' scores are never read: a
-        # normal model's score uses only normal models, and a family's only its own)
+        # triggered inputs' maps where computed (the normal models and the trigger's family), zeros as
+        # placeholders elsewhere: identification() leaves those rows out
         tstack = {f: torch.stack([tm.get(i, torch.zeros_like(maps[i][:k])) for i in idx.tolist()])
                   for f, tm in tmaps.items()}
         for m_i in idx.tolist():
@@ -384,11 +384,14 @@ def identification(stack: torch.Tensor, family: torch.Tensor, normal: torch.Tens
     from xaudit import metrics
     from xaudit.metrics import population as P
 
-    both = torch.cat([stack[:, :k], triggered], 1)                                 # [M, 2k, H, W]
-    s = P.loo_scores(fn(both), normal)                                             # [2k, M]
+    # a model's leave-one-out score reads only the normal models and itself: the other models' rows
+    # (whose triggered inputs were not explained) are left out of the distances
+    keep = normal | family
+    both = torch.cat([stack[keep, :k], triggered[keep]], 1)                       # [M', 2k, H, W]
+    s = P.loo_scores(fn(both), normal[keep])                                       # [2k, M']
     labels = torch.cat([torch.zeros(k, dtype=torch.bool), torch.ones(k, dtype=torch.bool)])
     out, curves = [], []
-    for j in family.nonzero().flatten().tolist():
+    for j in family[keep].nonzero().flatten().tolist():
         v = s[:, j]
         ok = torch.isfinite(v)
         out.append(float(metrics.auroc(v[ok], labels[ok])) if ok.all() else math.nan)
