@@ -67,3 +67,23 @@ def test_pairwise_sqeuclidean_equals_pairwise_with_a_squared_distance():
     emb = torch.randn(4, 3, 5, generator=g)
     fn = lambda a, b: (a - b).pow(2).sum(1)     # noqa: E731
     assert torch.allclose(P.pairwise_sqeuclidean(emb), P.pairwise(emb, fn), atol=1e-9)
+
+
+def test_auroc_bootstrap_against_sklearn_and_a_stratified_resample():
+    import math
+
+    from sklearn.metrics import roc_auc_score
+
+    from xaudit import metrics
+
+    g = torch.Generator().manual_seed(4)
+    pos, neg = torch.rand(6, generator=g) + 0.3, torch.rand(9, generator=g)
+    ci = metrics.auroc_bootstrap(pos, neg, n_boot=400, generator=0)
+    ref = roc_auc_score([1] * 6 + [0] * 9, torch.cat([pos, neg]).numpy())
+    assert float(ci.estimate) == pytest.approx(ref) and int(ci.n) == 15
+    assert float(ci.low) <= ref <= float(ci.high) and float(ci.high) <= 1.0
+    # every replicate keeps 6 positives and 9 negatives, so a perfect separation has a zero-width interval
+    perfect = metrics.auroc_bootstrap(pos + 10, neg, n_boot=50, generator=0)
+    assert float(perfect.low) == float(perfect.high) == 1.0
+    empty = metrics.auroc_bootstrap(torch.tensor([math.nan]), neg, n_boot=50)
+    assert math.isnan(float(empty.estimate)) and int(empty.n) == 9

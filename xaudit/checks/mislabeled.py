@@ -161,25 +161,13 @@ def other_class(true: torch.Tensor, flipped: torch.Tensor, n_classes: int, seed:
 
 def auroc_ci(flipped: torch.Tensor, correct: torch.Tensor, n_boot: int, level: float, seed: int
              ) -> tuple[float, float, float, int]:
-    """(AUROC, ci_low, ci_high, n) of flagging flipped examples by a *low* similarity: scores are the
-    negated similarities, flipped examples the positives (NaNs dropped on each side). The CI is the
-    stratified percentile bootstrap: each subset resampled with replacement at its own size, the AUROC
-    of every replicate computed in one batch. NaN where a side has no finite value."""
+    """(AUROC, ci_low, ci_high, n) of flagging flipped examples by a *low* similarity: the negated
+    similarities scored by :func:`xaudit.metrics.auroc_bootstrap` (stratified percentile bootstrap, NaNs
+    dropped on each side), flipped examples the positives."""
     from xaudit import metrics
-    from xaudit.metrics.stats import _percentiles
 
-    f = flipped[torch.isfinite(flipped)].double()
-    c = correct[torch.isfinite(correct)].double()
-    if f.numel() == 0 or c.numel() == 0:
-        return float("nan"), float("nan"), float("nan"), int(f.numel() + c.numel())
-    labels = torch.cat([torch.ones(f.numel(), dtype=torch.bool), torch.zeros(c.numel(), dtype=torch.bool)])
-    point = float(metrics.auroc(-torch.cat([f, c]), labels))
-    g = rng.generator(seed)
-    idx_f = torch.randint(0, f.numel(), (n_boot, f.numel()), generator=g)
-    idx_c = torch.randint(0, c.numel(), (n_boot, c.numel()), generator=g)
-    boot = metrics.auroc(-torch.cat([f[idx_f], c[idx_c]], dim=1), labels.expand(n_boot, -1))
-    lo, hi = _percentiles(boot.unsqueeze(0), level)
-    return point, float(lo[0]), float(hi[0]), int(f.numel() + c.numel())
+    ci = metrics.auroc_bootstrap(-flipped, -correct, level=level, n_boot=n_boot, generator=rng.generator(seed))
+    return float(ci.estimate), float(ci.low), float(ci.high), int(ci.n)
 
 
 def _head(m: Maps, k: int) -> Maps:

@@ -400,10 +400,12 @@ def identification(stack: torch.Tensor, family: torch.Tensor, normal: torch.Tens
 
 
 def auroc_ci(positives: torch.Tensor, negatives: torch.Tensor, n_boot: int, level: float, seed: int):
-    """(AUROC of positives scored above negatives, ci_low, ci_high, n), stratified percentile bootstrap."""
-    from xaudit.checks.mislabeled import auroc_ci as lower_is_positive
+    """(AUROC of positives scored above negatives, ci_low, ci_high, n): :func:`xaudit.metrics.auroc_bootstrap`."""
+    from xaudit import metrics
+    from xaudit.core import rng
 
-    return lower_is_positive(-positives, -negatives, n_boot, level, seed)
+    ci = metrics.auroc_bootstrap(positives, negatives, level=level, n_boot=n_boot, generator=rng.generator(seed))
+    return float(ci.estimate), float(ci.low), float(ci.high), int(ci.n)
 
 
 def save_figure_data(ctx: CheckContext, maps: torch.Tensor, images: torch.Tensor, families: list[str],

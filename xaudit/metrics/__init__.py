@@ -15,7 +15,7 @@ from xaudit.metrics.localization import (blank_distance, mask_pearson, mass_accu
 from xaudit.metrics.ranks import rankdata
 from xaudit.metrics.similarity import (hog, hog_pixels_per_cell, hog_similarity, mean_abs_diff, pearson,
                                        spearman, ssim, top_k_intersection, top_k_membership)
-from xaudit.metrics.stats import Interval, auroc, bootstrap_ci, paired_bootstrap, two_sample_bootstrap
+from xaudit.metrics.stats import Interval, auroc, auroc_bootstrap, bootstrap_ci, paired_bootstrap, two_sample_bootstrap
 
 
 def get(name: str):
@@ -35,5 +35,5 @@ __all__ = [
     "top_k_intersection", "top_k_membership", "mean_abs_diff", "rankdata",
     "trigger_distance", "blank_distance", "mask_pearson", "pointing_game", "mass_accuracy",
     "rank_accuracy", "pixel_auroc", "reduce_channels",
-    "bootstrap_ci", "paired_bootstrap", "two_sample_bootstrap", "auroc",
+    "bootstrap_ci", "paired_bootstrap", "two_sample_bootstrap", "auroc", "auroc_bootstrap",
 ]
