@@ -251,7 +251,7 @@ def test_config_round_trip():
 
 
 def test_bad_input_errors():
-    with pytest.raises(UnknownName, match="valid worlds: digits, shapes, spurious"):
+    with pytest.raises(UnknownName, match="valid worlds: digits, folder, shapes, spurious"):
         world.get("cifar")
     with pytest.raises(UnknownName, match="valid bugs:"):
         parse_bug("trojan:target_class=1")

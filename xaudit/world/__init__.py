@@ -12,6 +12,7 @@ from xaudit.world.bugs import (BUGS, Bug, LabelNoise, MissingClass, NaturalTrigg
                                bug_names, parse_bug)
 from xaudit.world import shapes as _shapes  # noqa: F401  (registers shapes, spurious)
 from xaudit.world import digits as _digits  # noqa: F401  (registers digits)
+from xaudit.world import folder as _folder  # noqa: F401  (registers folder: a user's images)
 
 __all__ = ["WORLDS", "BUGS", "Batch", "World", "Bug", "get", "names", "bug_names", "parse_bug",
            "bug_from_config", "PatchTrigger", "StyleTrigger", "NaturalTrigger", "SpuriousCue",

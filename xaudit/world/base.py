@@ -142,6 +142,9 @@ def world_label(config: dict[str, Any]) -> str:
     """The label of a world config (see :meth:`World.label`): ``name@size`` plus every parameter whose
     value differs from the default configuration of that world at that size."""
     name, size = str(config.get("world")), config.get("size")
+    own = getattr(WORLDS.get(name), "label_for", None) if name in WORLDS else None
+    if own is not None:          # a world whose config is not a few short parameters (``folder``)
+        return own(config)
     try:
         default = WORLDS.get(name)(size=size).config()
     except Exception:            # unknown world or size: every parameter is named
