@@ -162,6 +162,45 @@ def run(
         raise typer.Exit(code)
 
 
+@app.command("audit")
+def audit(
+    model: str = typer.Option(..., "--model", help="MODULE:FACTORY (FACTORY() returns an nn.Module; also path/to/file.py:FACTORY, "
+                                                   "torchvision:NAME, timm:NAME)"),
+    data: Path = typer.Option(..., "--data", help="a folder of images: class subfolders, or flat with --labels"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors, or a .pt/.pth state dict (loaded with "
+                                                                   "weights_only=True; pickled objects are refused)"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with columns path,label for a flat folder"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="a folder of masks mirroring --data (adds the localization check)"),
+    checks: Optional[str] = typer.Option(None, "--checks", help="comma-separated subset (default: every check that needs "
+                                                                "no retraining)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: saliency, input x "
+                                                                  "gradient, IG, SmoothGrad, guided backprop, Grad-CAM, "
+                                                                  "guided Grad-CAM; 'all' for every method)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/audit-<factory>)"),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet, none, or MEAN,MEAN,MEAN/STD,STD,STD "
+                                                                      "(default: none; timm models: their own)"),
+    transform: Optional[str] = typer.Option(None, "--transform", help="center_crop (default), squash, or MODULE:FUNC "
+                                                                      "(PIL image -> tensor [C,H,W] in [0,1])"),
+    size: Optional[int] = typer.Option(None, "--size", help="image size in pixels (default 224; timm: the model's)"),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="cascading order, output first, e.g. fc,layer4,layer3 "
+                                                                "(default: the top-level children, reversed)"),
+    cam_layer: Optional[str] = typer.Option(None, "--cam-layer", help="the layer Grad-CAM hooks (default: the last "
+                                                                      "Conv2d's rectified output)"),
+    n_images: int = typer.Option(64, "--n-images", help="images used (the first readable ones, in path order)"),
+    channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (default: cores)"),
+):
+    """Audit your own model on your images with every check that needs no retraining."""
+    from xaudit.api import main_audit
+
+    code = main_audit(model=model, data=data, weights=weights, labels=labels, masks=masks, checks=checks,
+                      methods=methods, out=out, normalize=normalize, transform=transform, size=size, blocks=blocks,
+                      cam_layer=cam_layer, n_images=n_images, channels=channels, device=device, workers=workers)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("results")
 def results(
     run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/default"),

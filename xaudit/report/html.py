@@ -32,7 +32,7 @@ td.pass{background:#e6f4ea} td.fail{background:#fde8e8} td.mixed{background:#fdf
 span.lab{color:#888;font-size:85%} .muted{color:#777} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;
 font-size:85%;white-space:pre-wrap} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 tr.sep td{background:#fafafa;font-style:italic;color:#666} details{margin:.3em 0}
-.desc{white-space:pre-wrap}
+.desc{white-space:pre-wrap} p.warn{background:#fff3cd;padding:.4em}
 """
 
 
@@ -258,6 +258,35 @@ def _config_html(runs: list[dict]) -> str:
     return "".join(out)
 
 
+def _audit_html(runs: list[dict]) -> str:
+    """``xaudit audit`` runs: the model and data as xaudit read them (the block order and Grad-CAM layer
+    used, inferred or given; the images skipped, with their paths) and the missing retrain reference."""
+    a = ((runs[-1].get("preset") or {}) if runs else {}).get("_audit")
+    if not a:
+        return ""
+    d = a.get("data") or {}
+    how = lambda inferred: "inferred" if inferred else "given"  # noqa: E731
+    acc = a.get("accuracy")
+    rows = [("model", a.get("model")), ("weights", f"{a.get('weights') or 'none (the factory initialization)'}"
+                                        + (f" (blake2b {a['weights_digest']})" if a.get("weights_digest") else "")),
+            ("normalization", json.dumps(a.get("normalize")) if a.get("normalize") else "none (images in [0, 1])"),
+            ("classes", a.get("num_classes")),
+            ("accuracy", "no labels" if acc is None else f"{acc:.3f} on the {d.get('images')} labeled images"),
+            (f"cascading order ({how(a.get('blocks_inferred'))}, output first)", " → ".join(a.get("blocks") or [])),
+            (f"Grad-CAM layer ({how(a.get('cam_layer_inferred'))})", a.get("cam_layer") or "none (no Conv2d)"),
+            ("images", f"{d.get('images')} used from {d.get('path')} at {d.get('size')} px ({d.get('resize')}); "
+                       f"{len(d.get('skipped') or [])} skipped; masks for {d.get('masks')}")]
+    out = ["<h2>Your model and data</h2>", f"<p><b>No retrain reference.</b> {_e(a.get('no_reference'))}</p>",
+           "<table>"] + [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows] + ["</table>"]
+    for n in a.get("notes") or []:
+        out.append(f"<p class='warn'><b>Warning:</b> {_e(n)}</p>")
+    if d.get("skipped"):
+        out.append("<h3>Skipped image files</h3><table><tr><th>file</th><th>why</th></tr>")
+        out += [f"<tr><td>{_e(p)}</td><td>{_e(why)}</td></tr>" for p, why in d["skipped"]]
+        out.append("</table>")
+    return "".join(out)
+
+
 def _when(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
@@ -279,6 +308,7 @@ def render(store: Store, run_dir: Path) -> str:
              f"not applicable, {counts['pending']} unfinished · {secs:.1f} s of cell time · written "
              f"{_e(_when(time.time()))}</p>",
              "<p>" + " · ".join(f'<a href="#check-{_e(c)}">{_e(c)}</a>' for c in sc.checks) + "</p>",
+             _audit_html(runs),
              "<h2>Scorecard</h2>", _scorecard_html(sc),
              _check_sections(store, sc, check_info, run_dir),
              "<h2>Models</h2>", _models_html(store.models()),

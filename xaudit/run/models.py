@@ -103,3 +103,38 @@ def _short(spec_ref: Any) -> str:
     if isinstance(spec_ref, dict):
         return json.dumps(spec_ref, sort_keys=True)[:80]
     return repr(spec_ref)
+
+
+class UserSource:
+    """A user's own model (``xaudit audit``; :mod:`xaudit.zoo.user`): a spec mapping ``{kind: user, model:
+    MODULE:FACTORY, weights, normalize, blocks, cam_layer, ...}``, loaded (never trained) in each worker.
+    A user's model has one set of weights: a ModelRef at another seed than the spec's (a retrain reference)
+    is refused, so a check cannot compare the model with itself and call it retrained."""
+
+    def resolve(self, spec_ref: Any, seed: int, world: dict[str, Any], *, explicit: bool,
+                group: str) -> ResolvedModel:
+        from xaudit.core.canon import digest
+
+        if not (isinstance(spec_ref, dict) and spec_ref.get("kind") == "user"):
+            raise ConfigError(f"models.{group}", f"the user-model source takes a user model spec ({{kind: user, model: "
+                                                 f"MODULE:FACTORY, ...}}), got {_short(spec_ref)}")
+        if int(seed) != int(spec_ref.get("seed", 0)):
+            raise ConfigError(f"models.{group}", f"a user's model has one set of weights; a check asked for it at seed "
+                                                 f"{seed} (a retrained copy): set retrain_reference: false")
+        label = spec_ref["model"].rpartition(":")[2] if "/" in spec_ref["model"] else spec_ref["model"]
+        return ResolvedModel(key="user-" + digest(spec_ref)[:32], label=f"{label} (your model)", spec=spec_ref,
+                             seed=int(seed))
+
+    def training_threads(self) -> int:
+        return 1
+
+    def load(self, model: ResolvedModel, cache_dir: str | None) -> tuple[Any, dict[str, Any]]:
+        from xaudit.core.model import fingerprint
+        from xaudit.zoo.user import build
+
+        m = build(model.spec)
+        card = {"kind": "user", "model": model.spec["model"], "weights": model.spec.get("weights"),
+                "weights_digest": model.spec.get("weights_digest"), "normalize": model.spec.get("normalize"),
+                "blocks": list(m.blocks), "cam_layer": getattr(m, "last_conv", None),
+                "num_params": sum(p.numel() for p in m.parameters()), "weights_sha256": fingerprint(m)}
+        return m, card
