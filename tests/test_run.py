@@ -78,7 +78,7 @@ def test_shipped_presets_validate():
     assert len(smoke.methods) == 2
     default = load_preset("default")
     assert [c.name for c in default.checks] == ["all", "mislabeled", "trojan_localization", "trojan_rediscovery",
-                                                 "model_anomaly"]
+                                                 "ood_shift", "model_anomaly"]
     assert default.methods[0].name == "all"
     assert [w.name for w in default.worlds] == ["shapes", "digits", "spurious"]
     assert default.worlds[2].checks == ("spurious",) and default.worlds[2].models == ("spurious",)
@@ -97,6 +97,10 @@ def test_shipped_presets_validate():
     # the model audit runs the paper's four attribution methods only
     assert {c.method for c in plan.cells if c.check == "model_anomaly"} == {
         "integrated_gradients", "guided_backprop", "guided_grad_cam", "grad_cam"}
+    # the retraining-free OOD test with one shift; it and localization join through `all`
+    assert {json.dumps(c.params["shifts"]) for c in plan.cells if c.check == "ood_shift"} == {
+        json.dumps([{"kind": "shift", "shift_kind": "noise", "severity": 0.2}])}
+    assert {c.check for c in plan.cells} >= {"ood_shift", "localization"}
     full = build_plan(load_preset("full"))
     assert set(full.methods) == set(plan.methods) and not any(c.method_params for c in full.cells)
     sanity = ("cascading_randomization", "independent_randomization", "data_randomization", "random_logit")
