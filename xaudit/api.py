@@ -168,10 +168,6 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
     Returns the exit code: 0, 1 when cells failed, 130 when interrupted."""
     from rich.console import Console
 
-    from xaudit.report import render_terminal, scorecard
-
-    from rich.markup import escape
-
     err = Console(stderr=True, highlight=False)
     try:
         res = run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache_dir,
@@ -179,6 +175,15 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished cells are saved; run the same command again to resume")
         return 130
+    return _print_outcome(res, err)
+
+
+def _print_outcome(res: RunResult, err) -> int:
+    """The scorecard, the cell counts and the report path; the exit code (1 when cells failed)."""
+    from rich.markup import escape
+
+    from xaudit.report import render_terminal, scorecard
+
     with Store.open(res.run_dir, readonly=True) as store:
         render_terminal(scorecard(store))
     s = res.summary
@@ -391,8 +396,6 @@ def main_audit(**kw: Any) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from xaudit.report import render_terminal, scorecard
-
     err = Console(stderr=True, highlight=False)
     transform = kw.pop("transform", None)
     if transform in ("center_crop", "squash"):
@@ -419,18 +422,7 @@ def main_audit(**kw: Any) -> int:
     for n in a.get("notes") or []:
         err.print(f"[yellow]warning[/]: {escape(n)}")
     print(a.get("no_reference", ""))
-    with Store.open(res.run_dir, readonly=True) as store:
-        render_terminal(scorecard(store))
-    s = res.summary
-    print(f"{s.cells} cells: {s.done} done, {s.failed} failed, {s.not_applicable} not applicable "
-          f"({s.skipped} finished earlier, {s.ran} run now) in {s.seconds:.1f} s")
-    print(f"report: {res.report}")
-    if s.failed:
-        err.print(f"[red]{s.failed} cell(s) failed[/]; the report lists them with their tracebacks")
-        for label, error in s.failures[:5]:
-            err.print(f"  {escape(label)}: {escape(error)}")
-        return 1
-    return 0
+    return _print_outcome(res, err)
 
 
 def _all_attribution_methods() -> list[str]:
