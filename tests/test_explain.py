@@ -593,3 +593,22 @@ def test_count_passes_and_config(model, x, target):
     cfg = E.get("expected_gradients", baselines=x).config()
     assert cfg["method"] == "expected_gradients" and cfg["baselines"].startswith("tensor[4, 3, 16, 16]:")
     json.dumps(cfg)
+
+
+def test_internal_batch_is_capped_for_large_images():
+    """Large images go through the model in smaller calls (measured faster at 224 px, bench/audit_byom.py);
+    the worlds' sizes keep the internal batch they were measured with."""
+    from xaudit.explain.base import call_budget
+
+    assert call_budget(64, torch.zeros(2, 3, 32, 32)) == 64
+    assert call_budget(64, torch.zeros(2, 3, 112, 112)) == 64
+    assert call_budget(64, torch.zeros(2, 3, 224, 224)) == 16
+    assert call_budget(8, torch.zeros(2, 3, 224, 224)) == 8
+    assert call_budget(64, torch.zeros(2, 3, 2048, 2048)) == 1
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten())
+    sizes = []
+    model.register_forward_hook(lambda m, a, o: sizes.append(a[0].shape[0]))
+    x = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    E.get("integrated_gradients", steps=10)(model, x, torch.zeros(4, dtype=torch.long))
+    assert sizes and max(sizes) <= 16 and sum(sizes) >= 40

@@ -51,6 +51,17 @@ METHOD_KINDS = ("attribution", "synthesis")
 # Measured by bench/explain.py's sweep (bench/README.md), zoo CNN, 32x32, one thread: IG costs
 # 0.55 ms per image-step in calls of 64 images, +9% at 128, +31% at 256, +86% at 3,200.
 DEFAULT_INTERNAL_BATCH = 64
+# Large images want smaller calls: on a ResNet-18 at 224 px (bench/audit_byom.py, 2 threads) IG explaining
+# 16 images took 22-26 s in calls of 16 images, 27.6 s in calls of 32 and 34.3 s in calls of 64 (pass floor
+# 19.7 s). So ``internal_batch`` is capped at this many input values per call: 64 images up to 3 x 112 x 112
+# (every world xaudit generates), 16 at 3 x 224 x 224.
+INTERNAL_BATCH_VALUES = 64 * 3 * 112 * 112
+
+
+def call_budget(internal_batch: int, x: torch.Tensor) -> int:
+    """``internal_batch`` capped at :data:`INTERNAL_BATCH_VALUES` input values per model call (>= 1 image)."""
+    per_image = max(1, x[0].numel()) if x.shape[0] else 1
+    return max(1, min(int(internal_batch), INTERNAL_BATCH_VALUES // per_image))
 
 # Inputs must lie in [0, 1]; this slack absorbs float round-off of upstream transforms.
 RANGE_TOLERANCE = 1e-5
@@ -445,6 +456,8 @@ class Explainer:
                                          "generator=...) verb")
         target = check_inputs(self.name, x, target)
         kwargs = dict(self.params)
+        if "internal_batch" in kwargs:
+            kwargs["internal_batch"] = call_budget(kwargs["internal_batch"], x)
         if self.stochastic:
             seed = kwargs.pop("seed", 0)
             kwargs["generator"] = generator if generator is not None else make_generator(int(seed))
