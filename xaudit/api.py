@@ -231,7 +231,8 @@ def audit(model: Any, data: Any, *, weights: str | Path | None = None, labels: A
     ``masks``: a folder of per-image masks (adds the ``localization`` check). ``weights``: safetensors or a
     ``.pt`` state dict (never unpickled). ``normalize``: ``imagenet``, ``MEAN,.../STD,...`` or None (timm
     models: their own). ``blocks``/``cam_layer`` override what is inferred. ``params``: check parameters
-    ({check: {param: value}}). Same store, resume, report and scorecard as :func:`run`.
+    ({check: {param: value}}). ``workers``: default 1 (this process, every core's threads). Same store,
+    resume, report and scorecard as :func:`run`.
     """
     import warnings
 
@@ -253,6 +254,10 @@ def audit(model: Any, data: Any, *, weights: str | Path | None = None, labels: A
         workers = 1
     else:
         spec = user.make_spec(model, weights=weights, normalize=normalize, blocks=blocks, cam_layer=cam_layer)
+        # one process using every core's threads by default: an audit is one model and a few cells of very
+        # different cost (IG is 50 passes a stage); on 2 cores a ResNet-18's cascade of saliency, IG and
+        # Grad-CAM took 442 s in 2 one-thread workers and 260 s in one process (bench/audit_byom.py)
+        workers = workers or 1
     module = user.build_module(spec)
     timm_cfg = user.timm_data_config(spec, module)
     if timm_cfg is not None:

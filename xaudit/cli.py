@@ -189,7 +189,8 @@ def audit(
     n_images: int = typer.Option(64, "--n-images", help="images used (the first readable ones, in path order)"),
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (default: cores)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (default 1: this process, "
+                                                                  "with every core's threads)"),
 ):
     """Audit your own model on your images with every check that needs no retraining."""
     from xaudit.api import main_audit
