@@ -436,3 +436,12 @@ def test_normalize_parsing():
     assert user.parse_normalize("none") is None
     with pytest.raises(ConfigError, match="--normalize"):
         user.parse_normalize("0.5/0")
+
+
+def test_bad_data_options_name_the_flag(tmp_path, data):
+    with pytest.raises(ConfigError, match="--n-images"):
+        xaudit.audit(model_ref(), data, size=32, n_images=0, out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="--data: no such folder"):
+        xaudit.audit(model_ref(), tmp_path / "nowhere", size=32, out=tmp_path / "b")
+    with pytest.raises(ConfigError, match="--transform"):
+        xaudit.audit(model_ref(), data, size=32, resize="stretch", out=tmp_path / "c")

@@ -286,7 +286,8 @@ def audit(model: Any, data: Any, *, weights: str | Path | None = None, labels: A
     try:
         world = FolderWorld(**{k: v for k, v in world_cfg.items() if k != "world"})
     except ConfigError as e:
-        fld = {"path": "--data", "labels": "--labels", "masks": "--masks", "size": "--size"}.get(e.field, f"--{e.field}")
+        fld = {"path": "--data", "labels": "--labels", "masks": "--masks", "size": "--size", "limit": "--n-images",
+               "resize": "--transform"}.get(e.field, f"--{e.field}")
         raise ConfigError(fld, str(e).split(": ", 1)[-1]) from None
     world_cfg = world.config()
     # the model on the data, before any work: outputs, the inferred layers
