@@ -435,3 +435,25 @@ def _all_attribution_methods() -> list[str]:
     from xaudit.explain import describe
 
     return [d["name"] for d in describe() if d.get("kind") == "attribution"]
+
+
+# ------------------------------------------------------------------------------------- xaudit plan
+def plan(preset: str | Path | dict | Preset = "default", *, workers: int | None = None,
+         history: list[str | Path] | None = None, methods: str | list[str] | None = None,
+         checks: str | list[str] | None = None, cache_dir: str | Path | None = None,
+         source: str | None = None) -> dict[str, Any]:
+    """What running ``preset`` would do, and how long it would take on ``workers`` workers: the cells per
+    check, the models to train, and a predicted wall time from the timings of earlier runs' stores
+    (``history``: run folders or folders of them; default ``runs/``), else estimates
+    (:mod:`xaudit.run.cost`)."""
+    from xaudit.run.cost import history_from, predict
+
+    _check_workers(workers)
+    p = preset if isinstance(preset, Preset) else load_preset(preset)
+    pl = build_plan(p, methods=methods, checks=checks, source=source)
+    paths = [Path(h) for h in (history if history is not None else ["runs"])]
+    for h in paths:
+        if history is not None and not h.exists():
+            raise ConfigError("--history", f"no such folder: {h}")
+    return predict(pl, workers or p.workers or available_cores(), history_from(h for h in paths if h.exists()),
+                   cache_dir=None if cache_dir is None else str(cache_dir))

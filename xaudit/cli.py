@@ -202,6 +202,38 @@ def audit(
         raise typer.Exit(code)
 
 
+@app.command("plan")
+def plan(
+    preset: str = typer.Argument("default", help="preset name or YAML path"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="workers to predict for (default: the preset's, "
+                                                                  "else the cores)"),
+    history: List[Path] = typer.Option([], "--history", help="run folders (or folders of them) whose stores hold "
+                                                             "measured times (default: runs/)"),
+    methods: Optional[str] = typer.Option(None, "--methods"),
+    checks: Optional[str] = typer.Option(None, "--checks"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Print a preset's cells, the models to train, and a predicted wall time for K workers."""
+    from xaudit.api import plan as plan_fn
+
+    r = plan_fn(preset, workers=workers, history=list(history) or None, methods=methods, checks=checks,
+                cache_dir=cache)
+    if as_json:
+        _print_json(r)
+        return
+    for name, d in sorted(r["per_check"].items(), key=lambda kv: -kv[1]["seconds"]):
+        typer.echo(f"{name:<28} {int(d['cells']):>5} cells {d['seconds']:>9.1f} s")
+    typer.echo(f"{r['cells']} cells ({r['derived_cells']} computed from other cells' rows), {r['models']} models, "
+               f"{r['models_to_train']} to train ({r['model_s']:.0f} s)")
+    for m in r["to_train"][:20]:
+        typer.echo(f"  train {m['label']}: {m['seconds']:.1f} s ({m['source']})")
+    src = ", ".join(f"{n} {k}" for k, n in sorted(r["estimate_sources"].items(), key=lambda kv: -kv[1]))
+    typer.echo(f"cell times: {src}; from {len(r['history'])} earlier store(s)")
+    typer.echo(f"predicted wall time on {r['workers']} worker(s), {r['cores']} cores: {r['wall_s']:.0f} s "
+               f"({r['models_s']:.0f} s models, then {r['cells_s']:.0f} s cells)")
+
+
 @app.command("results")
 def results(
     run_dir: Path = typer.Argument(..., help="a run directory, e.g. runs/default"),
