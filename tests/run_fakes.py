@@ -179,3 +179,21 @@ class FakeDerived(Check):
         score = next(r for r in ctx.upstream_rows if r["metric"] == "score")
         v = ctx.params["factor"] * score["value"]
         return [row(ctx, "twice_score", v, verdict="pass" if v > 1 else "fail", upstream_value=score["value"])]
+
+
+@_register
+class FakeCrash(FakeScore):
+    """FakeScore whose worker process dies (os._exit) in the first `crashes` cells of method `method`: the
+    marker file `marker` gets a line per death (a worker-loss test)."""
+    name = "fake_crash"
+    defaults = {**FakeScore.defaults, "marker": None, "method": "saliency", "crashes": 1}
+
+    def run(self, ctx):
+        marker = ctx.params["marker"]
+        if marker and ctx.method == ctx.params["method"]:
+            died = len(Path(marker).read_text().splitlines()) if Path(marker).exists() else 0
+            if died < ctx.params["crashes"]:
+                with open(marker, "a") as f:
+                    f.write(f"{os.getpid()}\n")
+                os._exit(1)
+        return super().run(ctx)

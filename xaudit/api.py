@@ -111,13 +111,15 @@ def _make_run_dir(run_dir: Path) -> None:
 def run(preset: str | Path | dict | Preset = "default", *, out: str | Path | None = None,
         workers: int | None = None, methods: str | list[str] | None = None, checks: str | list[str] | None = None,
         cache_dir: str | Path | None = None, progress: Progress | bool | None = False,
-        executor: Executor | None = None, source: str | None = None, retry_failed: bool = True,
-        report: bool = True, record: dict[str, Any] | None = None) -> RunResult:
+        executor: Executor | str | dict | None = None, source: str | None = None, retry_failed: bool = True,
+        report: bool = True, record: dict[str, Any] | None = None, address: str | None = None) -> RunResult:
     """Run ``preset`` (a shipped name, a YAML path, a dict or a Preset) into ``out`` (default runs/<name>).
 
     Only unfinished cells run: a rerun after a crash or Ctrl-C resumes. ``methods``/``checks`` keep
     a subset (comma-separated or lists). ``workers`` defaults to the preset's, else the number of
-    cores. ``source`` names the model source (``module:attr``, default the zoo). ``record``: extra
+    cores. ``executor``: an Executor, ``"local"`` (default) or ``"ray"`` (``address``: a Ray cluster's;
+    default a local Ray instance), or the preset's ``executor: {kind: ray, address: ...}``.
+    ``source`` names the model source (``module:attr``, default the zoo). ``record``: extra
     fields stored with the run's preset record (``xaudit audit`` keeps what it inferred there, for the
     report). Returns a RunResult.
     """
@@ -126,8 +128,7 @@ def run(preset: str | Path | dict | Preset = "default", *, out: str | Path | Non
     plan = build_plan(p, methods=methods, checks=checks, source=source)
     run_dir = Path(out) if out is not None else Path("runs") / p.name
     _make_run_dir(run_dir)
-    if executor is None:
-        executor = LocalExecutor(workers or p.workers or available_cores())
+    executor = make_executor(executor if executor is not None else p.executor, workers or p.workers, address)
     if not isinstance(progress, Progress):
         progress = Progress(enabled=None if progress is None else bool(progress))
     with _run_lock(run_dir):
@@ -156,6 +157,21 @@ def run(preset: str | Path | dict | Preset = "default", *, out: str | Path | Non
                      summary=summary, plan=plan)
 
 
+def make_executor(executor: Executor | str | dict | None, workers: int | None, address: str | None = None) -> Executor:
+    """An Executor from an object, a kind (``local``, ``ray``) or a preset's ``{kind, address}`` mapping."""
+    if executor is not None and not isinstance(executor, (str, dict)):
+        return executor
+    spec = {"kind": executor} if isinstance(executor, str) else dict(executor or {"kind": "local"})
+    kind = spec.get("kind", "local")
+    if kind == "local":
+        return LocalExecutor(workers or available_cores())
+    if kind == "ray":
+        from xaudit.run.ray_executor import RayExecutor
+
+        return RayExecutor(workers, address=address or spec.get("address"))
+    raise ConfigError("--executor", f"must be 'local' or 'ray', got {kind!r}")
+
+
 def _write_report(run_dir: Path) -> Path:
     from xaudit.report import write_report
 
@@ -163,7 +179,8 @@ def _write_report(run_dir: Path) -> Path:
 
 
 def main_run(preset: str | Path = "default", *, out: str | Path | None = None, workers: int | None = None,
-             methods: str | None = None, checks: str | None = None, cache_dir: str | Path | None = None) -> int:
+             methods: str | None = None, checks: str | None = None, cache_dir: str | Path | None = None,
+             executor: str | None = None, address: str | None = None) -> int:
     """``xaudit run``: run with a progress display, print the scorecard and the report path.
     Returns the exit code: 0, 1 when cells failed, 130 when interrupted."""
     from rich.console import Console
@@ -171,7 +188,7 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
     err = Console(stderr=True, highlight=False)
     try:
         res = run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache_dir,
-                  progress=None)
+                  progress=None, executor=executor, address=address)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished cells are saved; run the same command again to resume")
         return 130

@@ -153,11 +153,16 @@ def run(
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of methods"),
     checks: Optional[str] = typer.Option(None, "--checks", help="comma-separated subset of checks"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (default) or ray (pip install "
+                                                                    "'xaudit[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="a Ray cluster's address (default: a local Ray "
+                                                                  "instance for the run; 'auto': a running one)"),
 ):
     """Run a preset: train or load models, run every check for every method, write the report."""
     from xaudit.api import main_run
 
-    code = main_run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache)
+    code = main_run(preset, out=out, workers=workers, methods=methods, checks=checks, cache_dir=cache,
+                    executor=executor, address=address)
     if code:
         raise typer.Exit(code)
 

@@ -163,6 +163,18 @@ class Scheduler:
             self.threads_in_use -= self.cell_threads
         self.finished += 1
 
+    def requeue(self, task: ModelTask | CellTask) -> None:
+        """Put a task whose worker was lost back at the head of its queue (a retry)."""
+        if task.kind == "model":
+            if task.key in self.models_running:
+                self.models_running.discard(task.key)
+                self.threads_in_use -= self.model_threads
+            self.model_queue.insert(0, task)
+        else:
+            if self.cells_running.pop(task.key, None) is not None:
+                self.threads_in_use -= self.cell_threads
+            self.waiting.insert(0, task)
+
     def blocked(self) -> bool:
         """Nothing runnable and nothing running: should not happen (a dependency was never scheduled)."""
         return (not self.model_queue and not self.models_running and not self.cells_running

@@ -10,6 +10,7 @@ Schema (every field except ``name`` is optional; unknown fields are errors)::
     seeds: [0]                     # one cell per seed (model training seed and check seed)
     device: cpu                    # cpu | cuda | auto
     workers: null                  # default worker processes (null: the number of cores)
+    executor: {kind: local}        # or {kind: ray, address: ADDR} (pip install 'xaudit[ray]')
     profile: false                 # time model passes (forward/backward) inside cells
     plugins: []                    # modules imported in every worker (they register checks/methods)
     worlds:                        # a list; each entry is one world configuration
@@ -41,7 +42,8 @@ from xaudit.core.errors import ConfigError, check_bool
 
 ALL = "all"
 PRESET_FIELDS = ("name", "description", "seeds", "device", "workers", "profile", "plugins",
-                 "worlds", "check_defaults", "checks", "methods")
+                 "worlds", "check_defaults", "checks", "methods", "executor")
+EXECUTORS = ("local", "ray")
 WORLD_FIELDS_RESERVED = ("world", "models", "specs", "checks")
 CHECK_FIELDS = ("params", "models", "methods")
 DEVICES = ("cpu", "cuda", "auto")
@@ -87,6 +89,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     device: str = "cpu"
     workers: int | None = None
+    executor: dict[str, Any] | None = None     # {kind: local | ray, address: ...}; None: local
     profile: bool = False
     plugins: tuple[str, ...] = ()
     worlds: tuple[WorldEntry, ...] = ()
@@ -157,6 +160,13 @@ def parse_preset(data: dict[str, Any], source: str = "") -> Preset:
     workers = data.get("workers")
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise ConfigError("workers", f"must be a positive integer or null, got {workers!r}")
+    executor = data.get("executor")
+    if executor is not None:
+        if isinstance(executor, str):
+            executor = {"kind": executor}
+        if (not isinstance(executor, dict) or executor.get("kind") not in EXECUTORS
+                or set(executor) - {"kind", "address"}):
+            raise ConfigError("executor", f"must be {{kind: local}} or {{kind: ray, address: ADDR}}, got {executor!r}")
     profile = data.get("profile", False)
     check_bool("profile", profile)
     plugins = data.get("plugins") or []
@@ -164,7 +174,7 @@ def parse_preset(data: dict[str, Any], source: str = "") -> Preset:
         raise ConfigError("plugins", f"must be a list of module names, got {plugins!r}")
     if "worlds" not in data:
         raise ConfigError("worlds", "is required: a list of {world: NAME, models: [...], ...} entries")
-    return Preset(name=name, description=description, seeds=seeds, device=device, workers=workers,
+    return Preset(name=name, description=description, seeds=seeds, device=device, workers=workers, executor=executor,
                   profile=profile, plugins=tuple(plugins), worlds=_worlds(data["worlds"]),
                   check_defaults=_mapping("check_defaults", data.get("check_defaults")),
                   checks=_checks(data.get("checks", ALL)), methods=_methods(data.get("methods", ALL)),

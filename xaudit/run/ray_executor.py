@@ -1,0 +1,170 @@
+"""The Ray executor: the same tasks as :class:`~xaudit.run.executor.LocalExecutor`, on a Ray cluster.
+
+``xaudit run PRESET --executor ray [--address ADDR]`` (``pip install 'xaudit[ray]'``). Model preparation and
+cells are Ray tasks on *actors*, one per worker: an actor keeps its models loaded and is given the cells of
+a model it holds first (the local scheduler's policy, :class:`~xaudit.run.executor.Scheduler`, decides in the
+driver). Each actor reserves ``cores // workers`` CPUs and runs that many torch threads. Results (rows and
+artifacts) come back to the driver, which alone writes the store, so resume works as with the local
+executor: a driver killed mid-run and started again finds every finished cell in the store.
+
+A lost worker (its actor process killed or crashed) is replaced; its task is run again, up to
+``max_retries`` times, then recorded as failed. Without ``address`` a local Ray instance with this
+machine's cores is started for the run and shut down after it (``address="auto"`` joins a running cluster).
+Workers find the trained-model cache at ``cache_dir``: on a cluster, a path every node shares.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+
+from xaudit.core.errors import ConfigError
+from xaudit.run.executor import Sink, affinity, available_cores, training_threads, _skip_failed, Scheduler
+from xaudit.run.worker import CellResult, CellTask, ModelResult, ModelTask, WorkerConfig, WorkerState, set_threads
+
+INSTALL_HINT = "pip install 'xaudit[ray]' (or: pip install 'ray>=2.9')"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("--executor", f"the ray executor needs Ray, which is not installed ({e}); install it with "
+                                        f"{INSTALL_HINT}, or use the local executor") from None
+    return ray
+
+
+class _Worker:
+    """The actor: one WorkerState (models kept loaded), a task at a time."""
+
+    def __init__(self, config: WorkerConfig):
+        try:
+            import torch
+
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        set_threads(config.threads)
+        self.state = WorkerState(config)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, task: ModelTask | CellTask):
+        if task.kind == "model":
+            return self.state.prepare_model(task)
+        return self.state.run_cell(task)
+
+
+class RayExecutor:
+    """Tasks on Ray actors (see the module docstring)."""
+
+    def __init__(self, workers: int | None = None, *, address: str | None = None, max_retries: int = 2,
+                 num_cpus: int | None = None):
+        self.address, self.max_retries, self.num_cpus = address, int(max_retries), num_cpus
+        self.workers = max(1, int(workers or num_cpus or available_cores()))
+        self.actor_pids: dict[int, int] = {}       # worker id -> actor process id (tests kill one)
+        import_ray()
+
+    def run(self, models: list[ModelTask], cells: list[CellTask], config: WorkerConfig, sink: Sink) -> None:
+        if not models and not cells:
+            return
+        ray = import_ray()
+        own = not ray.is_initialized()
+        if own:
+            path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+            ray.init(address=self.address, num_cpus=None if self.address else (self.num_cpus or available_cores()),
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+        try:
+            self._run(ray, models, cells, config, sink)
+        finally:
+            if own:
+                ray.shutdown()
+
+    def _run(self, ray, models, cells, config, sink) -> None:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n = max(1, min(self.workers, len(models) + len(cells)))
+        threads = max(1, cpus // n)
+        config = replace(config, threads=threads)
+        sched = Scheduler(models, cells, cpus, n, model_threads=min(cpus, training_threads(config.source)),
+                          cell_threads=threads)
+        Actor = ray.remote(num_cpus=threads, max_restarts=0)(_Worker)
+        actors: dict[int, object] = {}
+        current: dict[int, ModelTask | CellTask | None] = {}
+        held: dict[int, set[str]] = {}
+        last: dict[int, tuple | None] = {}
+        pending: dict[object, int] = {}
+        retries: dict[str, int] = {}
+
+        def spawn(wid: int) -> None:
+            actors[wid] = Actor.remote(config)
+            current[wid], held[wid], last[wid] = None, set(), None
+            self.actor_pids[wid] = ray.get(actors[wid].pid.remote())
+
+        def dispatch() -> None:
+            for wid in sorted(actors):
+                if current[wid] is not None:
+                    continue
+                others = [t for w, t in current.items() if w != wid and t is not None and t.kind == "cell"]
+                task = sched.next_task(held[wid], {t.primary for t in others}, last[wid],
+                                       {affinity(t) for t in others})
+                if task is None:
+                    return
+                current[wid] = task
+                if task.kind == "cell":
+                    last[wid] = affinity(task)
+                (sink.model_started if task.kind == "model" else sink.cell_started)(task.key, f"ray{wid}")
+                pending[actors[wid].run.remote(task)] = wid
+
+        for wid in range(n):
+            spawn(wid)
+        try:
+            while not sched.done():
+                dispatch()
+                if not pending:
+                    if sched.blocked():
+                        raise RuntimeError("scheduler blocked: cells wait on models that are not scheduled")
+                    time.sleep(0.01)
+                    continue
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    wid = pending.pop(ref)
+                    task, current[wid] = current[wid], None
+                    try:
+                        res = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.ObjectLostError) as e:
+                        self._lost(task, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                   retries, sched, sink)
+                        spawn(wid)
+                        continue
+                    held[wid] = set(res.held)
+                    if task.kind == "model":
+                        sink.model_finished(res)
+                        _skip_failed(sched, sched.model_finished(res), sink)
+                    else:
+                        sched.cell_finished(res.key)
+                        sink.cell_finished(res)
+        finally:
+            for a in actors.values():
+                try:
+                    ray.kill(a)
+                except Exception:
+                    pass
+
+    def _lost(self, task, why: str, retries: dict[str, int], sched: Scheduler, sink: Sink) -> None:
+        """A task whose worker died: run it again on a new worker, or record it as failed after max_retries."""
+        retries[task.key] = retries.get(task.key, 0) + 1
+        if retries[task.key] <= self.max_retries:
+            sched.requeue(task)
+            return
+        why = f"the Ray worker running it was lost {retries[task.key]} times (last: {why})"
+        if task.kind == "model":
+            res = ModelResult(task.key, "failed", error=why)
+            sink.model_finished(res)
+            _skip_failed(sched, sched.model_finished(res), sink)
+        else:
+            sched.cell_finished(task.key)
+            sink.cell_finished(CellResult(task.key, "failed", error=why))
