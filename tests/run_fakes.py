@@ -145,12 +145,24 @@ class FakeSource:
         key = f"{spec_ref}-{world['world']}-{seed}"
         return ResolvedModel(key=key, label=f"{group} on {world['world']}, seed {seed}", spec=spec_ref, seed=seed)
 
+    def export(self, model: ResolvedModel, cache_dir):
+        marker = Path(cache_dir) / f"{model.key}.trained"
+        return {marker.name: marker.read_bytes()} if marker.exists() else {}
+
+    def install(self, files, cache_dir):
+        for name, data in files.items():
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cache_dir) / name).write_bytes(data)
+
     def load(self, model: ResolvedModel, cache_dir):
         marker = Path(cache_dir) / f"{model.key}.trained"
         if not marker.exists():
             if model.spec == "broken":
                 raise RuntimeError("planted training failure")
             _log("train", key=model.key)
+            # also beside the cache (seen by workers that do not share this process's environment: Ray actors)
+            with open(Path(cache_dir).parent / "train-events.log", "a") as f:
+                f.write(model.key + "\n")
             time.sleep(0.2)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("ok")

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import run_fakes  # noqa: F401  (registers the fake checks in this process)
-from test_run import comparable, fake_preset, run_fake
+from test_run import comparable, fake_preset, log, run_fake  # noqa: F401  (log: a fixture)
 from xaudit.core.errors import ConfigError
 from xaudit.run import Store
 
@@ -93,3 +93,83 @@ def test_preset_executor_field():
     assert p.executor == {"kind": "ray", "address": "auto"}
     with pytest.raises(ConfigError, match="executor"):
         load_preset(fake_preset(executor={"kind": "slurm"}))
+
+
+def test_driver_killed_mid_run_resumes(tmp_path, log, request):
+    """kill -9 of a driver running on Ray: the finished cells stay in the store, the workers go, and the same
+    command again runs only the unfinished cells."""
+    import itertools
+    import signal
+
+    import yaml
+
+    from test_run import REPO, TESTS, _alive, _cell_counts, _cli, _wait_for, table
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    tickets = itertools.count()
+    preset = fake_preset(checks={"fake_gated": {"params": {"gate": str(gate)}}}, seeds=[0, 1])   # 6 cells
+    pfile = tmp_path / "fake.yaml"
+    pfile.write_text(yaml.safe_dump(preset))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+           "XAUDIT_TEST_LOG": os.environ["XAUDIT_TEST_LOG"], "RAY_AUTH_MODE": "disabled"}
+    out = tmp_path / "killed"
+    db = out / "results.sqlite"
+    args = [str(pfile), "--out", str(out), "--workers", "2", "--executor", "ray"]
+    runs = []
+    request.addfinalizer(lambda: [(gate / "open").touch()] + [r.kill() for r in runs if r.poll() is None])
+    runs.append(_cli(args, env, tmp_path))
+    for _ in range(2):
+        (gate / f"ticket-{next(tickets):03d}").touch()
+    _wait_for("2 cells done and 2 held at the gate",
+              lambda: _cell_counts(db).get("done") == 2 and len(log("gate")) == 4, runs[-1], timeout=180)
+    runs[-1].send_signal(signal.SIGKILL)
+    runs[-1].communicate(timeout=30)
+    done = {k for (k,) in table(db, "SELECT key FROM cells WHERE status = 'done'")}
+    assert len(done) == 2
+    workers = {r["pid"] for r in log("gate")}
+    import time
+
+    deadline = time.monotonic() + 60
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers), "Ray workers outlived the killed driver"
+    (gate / "open").touch()
+    runs.append(_cli(args, env, tmp_path))
+    stdout, err = runs[-1].communicate(timeout=300)
+    assert runs[-1].returncode == 0, err
+    assert table(db, "SELECT count(*) FROM cells WHERE status = 'done'") == [(6,)]
+    key_of = {(c["method"], c["seed"]): c["key"] for c in Store.open(out, readonly=True).cells()}
+    started = [key_of[(r["method"], r["seed"])] for r in log("gate")]
+    assert all(started.count(k) == 1 for k in done)        # finished before the kill: never run again
+
+
+def test_object_store_sharing_trains_each_model_once_without_a_shared_disk(tmp_path, cluster, log):
+    """Each worker with a cache of its own (a node without the others' disk): through the filesystem a
+    model is trained again by every worker that needs it; through Ray's object store, once."""
+    from xaudit.run.ray_executor import RayExecutor
+
+    preset = fake_preset(checks={"fake_model": {"params": {"partner": "other"}}}, seeds=[0, 1],
+                         methods=["saliency", "grad_cam", "blank", "edge"])
+    local = run_fake(tmp_path, preset, out="local", workers=1)
+    models = {r["key"] for r in log("train")}
+    assert len(models) == 4
+
+    events = tmp_path / "cache" / "train-events.log"   # the trainings in the workers' caches (cache/worker-N)
+
+    def trained(out, **kw) -> list[str]:
+        before = len(events.read_text().splitlines()) if events.exists() else 0
+        res = run_fake(tmp_path, preset, out=out, executor=RayExecutor(2, worker_cache_dirs=True, **kw))
+        assert res.summary.failed == 0
+        assert comparable(rows(res.run_dir)) == comparable(rows(local.run_dir))
+        return events.read_text().splitlines()[before:]
+
+    shared = trained("object_store", model_sharing="object_store")
+    assert sorted(shared) == sorted(models)                  # each model trained exactly once
+    assert (tmp_path / "cache" / "worker-0").is_dir() and (tmp_path / "cache" / "worker-1").is_dir()
+    import shutil
+
+    for d in (tmp_path / "cache").glob("worker-*"):
+        shutil.rmtree(d)
+    separate = trained("filesystem", model_sharing="filesystem")
+    assert len(separate) > len(models)                        # the other worker trained them again

@@ -90,6 +90,28 @@ class ZooSource:
 
         return default_threads()
 
+    def export(self, model: ResolvedModel, cache_dir: str | None) -> dict[str, bytes]:
+        """The model's cache entry as files (path relative to the cache root -> bytes): what a worker
+        without this cache needs so it loads the model instead of training it again (Ray's object-store
+        model sharing)."""
+        from xaudit.zoo.cache import cache_root
+
+        root = cache_root(cache_dir)
+        d = root / "models" / model.key
+        return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()} \
+            if d.is_dir() else {}
+
+    def install(self, files: dict[str, bytes], cache_dir: str | None) -> None:
+        """Write an :meth:`export` into this worker's cache (files it already has are kept)."""
+        from xaudit.zoo.cache import atomic_write, cache_root
+
+        root = cache_root(cache_dir)
+        for rel, data in files.items():
+            path = root / rel
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, data)
+
     def load(self, model: ResolvedModel, cache_dir: str | None) -> tuple[Any, dict[str, Any]]:
         from xaudit.zoo import load_or_train
 

@@ -10,7 +10,15 @@ executor: a driver killed mid-run and started again finds every finished cell in
 A lost worker (its actor process killed or crashed) is replaced; its task is run again, up to
 ``max_retries`` times, then recorded as failed. Without ``address`` a local Ray instance with this
 machine's cores is started for the run and shut down after it (``address="auto"`` joins a running cluster).
-Workers find the trained-model cache at ``cache_dir``: on a cluster, a path every node shares.
+
+Trained models reach the workers in one of two ways (``model_sharing``):
+
+- ``filesystem`` (default): every worker reads and writes the content-addressed cache at ``cache_dir``; on a
+  cluster, a path every node mounts (NFS, a shared volume). A model is trained once, by the model task.
+- ``object_store``: for a cluster without a shared disk. The worker that trained a model exports its cache
+  entry (the safetensors weights and the card) into Ray's object store; before a cell runs on another
+  worker, that worker installs the entry into its own cache (the bytes go from the object store to the
+  worker, not through the driver), so it loads the model instead of training it again.
 """
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ from xaudit.run.executor import Sink, affinity, available_cores, training_thread
 from xaudit.run.worker import CellResult, CellTask, ModelResult, ModelTask, WorkerConfig, WorkerState, set_threads
 
 INSTALL_HINT = "pip install 'xaudit[ray]' (or: pip install 'ray>=2.9')"
+# how workers get the models others trained: a cache path every worker reads ("filesystem"), or the
+# trained model's cache entry shipped through Ray's object store to each worker that needs it
+MODEL_SHARING = ("filesystem", "object_store")
 
 
 def import_ray():
@@ -51,6 +62,15 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def export_model(self, model) -> dict[str, bytes]:
+        fn = getattr(self.state.source, "export", None)
+        return fn(model, self.state.config.cache_dir) if callable(fn) else {}
+
+    def install(self, files: dict[str, bytes]) -> None:
+        fn = getattr(self.state.source, "install", None)
+        if callable(fn) and files:
+            fn(files, self.state.config.cache_dir)
+
     def run(self, task: ModelTask | CellTask):
         if task.kind == "model":
             return self.state.prepare_model(task)
@@ -61,8 +81,11 @@ class RayExecutor:
     """Tasks on Ray actors (see the module docstring)."""
 
     def __init__(self, workers: int | None = None, *, address: str | None = None, max_retries: int = 2,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, model_sharing: str = "filesystem", worker_cache_dirs: bool = False):
+        if model_sharing not in MODEL_SHARING:
+            raise ConfigError("model_sharing", f"must be one of {', '.join(MODEL_SHARING)}, got {model_sharing!r}")
         self.address, self.max_retries, self.num_cpus = address, int(max_retries), num_cpus
+        self.model_sharing, self.worker_cache_dirs = model_sharing, bool(worker_cache_dirs)
         self.workers = max(1, int(workers or num_cpus or available_cores()))
         self.actor_pids: dict[int, int] = {}       # worker id -> actor process id (tests kill one)
         import_ray()
@@ -98,9 +121,15 @@ class RayExecutor:
         pending: dict[object, int] = {}
         retries: dict[str, int] = {}
 
+        exported: dict[str, object] = {}        # model key -> ObjectRef of its cache files (object_store)
+        installed: dict[int, set[str]] = {}
+
         def spawn(wid: int) -> None:
-            actors[wid] = Actor.remote(config)
-            current[wid], held[wid], last[wid] = None, set(), None
+            cfg = config
+            if self.worker_cache_dirs:           # a worker without the others' disk (a node of its own)
+                cfg = replace(config, cache_dir=os.path.join(str(config.cache_dir or "."), f"worker-{wid}"))
+            actors[wid] = Actor.remote(cfg)
+            current[wid], held[wid], last[wid], installed[wid] = None, set(), None, set()
             self.actor_pids[wid] = ray.get(actors[wid].pid.remote())
 
         def dispatch() -> None:
@@ -116,6 +145,11 @@ class RayExecutor:
                 if task.kind == "cell":
                     last[wid] = affinity(task)
                 (sink.model_started if task.kind == "model" else sink.cell_started)(task.key, f"ray{wid}")
+                if task.kind == "cell" and self.model_sharing == "object_store":
+                    for _, _, k in task.models:      # before the cell: an actor runs its calls in order
+                        if k in exported and k not in installed[wid]:
+                            actors[wid].install.remote(exported[k])
+                            installed[wid].add(k)
                 pending[actors[wid].run.remote(task)] = wid
 
         for wid in range(n):
@@ -142,6 +176,9 @@ class RayExecutor:
                         continue
                     held[wid] = set(res.held)
                     if task.kind == "model":
+                        if res.status == "ok" and self.model_sharing == "object_store":
+                            exported[res.key] = actors[wid].export_model.remote(task.model)   # stays in Ray
+                            installed[wid].add(res.key)
                         sink.model_finished(res)
                         _skip_failed(sched, sched.model_finished(res), sink)
                     else:
