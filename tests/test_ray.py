@@ -173,3 +173,49 @@ def test_object_store_sharing_trains_each_model_once_without_a_shared_disk(tmp_p
         shutil.rmtree(d)
     separate = trained("filesystem", model_sharing="filesystem")
     assert len(separate) > len(models)                        # the other worker trained them again
+
+
+def test_two_worlds_and_a_population_check_give_the_same_rows(tmp_path, cluster):
+    """A two-world preset whose population check declares ten models per cell: Ray and local, value by
+    value."""
+    import importlib
+
+    import contract_fakes
+    import xaudit.run as xrun
+    from xaudit.checks import CHECKS
+    from xaudit.run.ray_executor import RayExecutor
+
+    from xaudit import explain
+
+    if "toy_population" not in CHECKS:       # test_contract unregisters its toys when it ends: again
+        if "toy_synth" in explain.names():
+            explain.unregister("toy_synth")
+        importlib.reload(contract_fakes)
+    try:
+        p = {"name": "pop", "plugins": ["contract_fakes"], "seeds": [0, 1],
+             "worlds": [{"world": "shapes", "size": 32}, {"world": "digits"}],
+             "checks": ["toy_population"], "methods": ["saliency", "grad_cam"]}
+        kw = dict(source="contract_fakes:ContractSource", cache_dir=tmp_path / "cache", progress=False)
+        local = xrun.run(p, out=tmp_path / "local", workers=1, **kw)
+        remote = xrun.run(p, out=tmp_path / "ray", executor=RayExecutor(2), **kw)
+        assert local.summary.done == remote.summary.done == 8 and remote.summary.failed == 0
+        a, b = rows(local.run_dir), rows(remote.run_dir)
+        assert len(a) == 8 * 10 and comparable(a) == comparable(b)
+        assert len({r["world"] for r in b}) == 2
+    finally:
+        for name in [n for n in CHECKS.names() if n.startswith("toy_")]:
+            del CHECKS._items[name]
+            CHECKS._meta.pop(name, None)
+        if "toy_synth" in explain.names():
+            explain.unregister("toy_synth")
+
+
+def test_actor_resources():
+    from xaudit.run.ray_executor import actor_resources
+
+    assert actor_resources(2, 0, 2, "cpu") == (1, 0.0)
+    assert actor_resources(16, 4, 8, "cuda") == (2, 0.5)        # two small-model workers share a GPU
+    assert actor_resources(16, 16, 8, "auto") == (2, 1.0)
+    assert actor_resources(4, 0, 1, "auto") == (4, 0.0)
+    with pytest.raises(ConfigError, match="no GPU"):
+        actor_resources(4, 0, 2, "cuda")

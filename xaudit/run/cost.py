@@ -11,8 +11,11 @@ Per task, a measured time where one exists, else an estimate, each prediction sa
   earlier store (``train_seconds``); else the median training time of the models in the history, else
   :data:`DEFAULT_TRAIN_S`.
 
-Cell seconds are taken as measured, at the thread count of the run that measured them (a worker of K on
-C cores runs C // K torch threads): the model is best when the history ran with the same ``--workers``.
+A cell's seconds are measured at the thread count of the run that measured them (a worker of K on C cores
+runs C // K torch threads); predicting for another thread count t, they are scaled by (t_measured / t) **
+:data:`THREAD_EXPONENT` (the default preset's cells took 454.7 worker-seconds at 1 thread and 261.2 at 2:
+1.74x faster, exponent 0.80; bench/results/scale.json). The history's machine is taken to have this
+machine's cores.
 
 The wall time is simulated with the local scheduler's policy (:class:`xaudit.run.executor.Scheduler`):
 the models first, as many at a time as their threads fit the cores, then the cells in plan order, each
@@ -31,12 +34,13 @@ from typing import Any, Iterable
 DEFAULT_CELL_S = 1.0          # a cell with nothing known about it (the default preset's median warm cell: 0.3 s)
 DEFAULT_TRAIN_S = 15.0        # a model to train with nothing known (the zoo's small CNN on 20k images: ~15 s)
 LOAD_S = 0.05                 # loading a cached model (30 in 0.48 s in a warm default run)
+THREAD_EXPONENT = 0.80        # cell seconds ~ threads ** -0.80 (measured: 2 threads 1.74x faster than 1)
 
 
 @dataclass
 class History:
     """Timings read from earlier runs' stores."""
-    cells: dict[str, float] = field(default_factory=dict)                  # cell key -> seconds
+    cells: dict[str, float] = field(default_factory=dict)                  # cell key -> seconds at 1 thread
     by_similar: dict[tuple, list[float]] = field(default_factory=dict)     # (check, method, params, world)
     by_method: dict[tuple, list[float]] = field(default_factory=dict)      # (check, method)
     by_check: dict[str, list[tuple[float, str]]] = field(default_factory=dict)   # check -> (seconds, method)
@@ -46,14 +50,18 @@ class History:
     def add_store(self, path: str | Path) -> None:
         from xaudit.run.store import Store, find_db
 
+        from xaudit.run.executor import available_cores
+
         db = find_db(path)
         with Store(db, readonly=True) as store:
+            workers = {r["id"]: r["workers"] for r in store.runs()}
             for c in store.cells(active_only=False):
                 if c["status"] != "done" or c["seconds"] is None:
                     continue
                 cfg = c["config"] or {}
                 params = json.dumps(cfg.get("method_params") or {}, sort_keys=True)
-                s = float(c["seconds"])
+                threads = max(1, available_cores() // max(1, int(workers.get(c["run_id"]) or 1)))
+                s = float(c["seconds"]) * threads ** THREAD_EXPONENT     # as if at 1 thread
                 self.cells[c["key"]] = s
                 self.by_similar.setdefault((c["check_name"], c["method"], params, c["world"]), []).append(s)
                 self.by_method.setdefault((c["check_name"], c["method"]), []).append(s)
@@ -160,7 +168,9 @@ def predict(plan, workers: int, history: History, cache_dir: str | None = None, 
     model_slots = max(1, cores // max(1, training_threads(plan.source)))
     cached = _cached_keys(plan, cache_dir)
     models = [(m, model_estimate(m, history, m.key in cached)) for m in plan.models.values()]
+    threads = max(1, cores // max(1, workers))
     cells = [(c, cell_estimate(c, history)) for c in plan.cells if not c.upstream]
+    cells = [(c, Estimate(e.seconds / threads ** THREAD_EXPONENT, e.source)) for c, e in cells]
     sim = simulate([e.seconds for _, e in models], [e.seconds for _, e in cells], max(1, workers), model_slots)
     sources: dict[str, int] = {}
     for _, e in cells:

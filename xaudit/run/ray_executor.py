@@ -3,7 +3,8 @@
 ``xaudit run PRESET --executor ray [--address ADDR]`` (``pip install 'xaudit[ray]'``). Model preparation and
 cells are Ray tasks on *actors*, one per worker: an actor keeps its models loaded and is given the cells of
 a model it holds first (the local scheduler's policy, :class:`~xaudit.run.executor.Scheduler`, decides in the
-driver). Each actor reserves ``cores // workers`` CPUs and runs that many torch threads. Results (rows and
+driver). Each actor reserves ``cores // workers`` CPUs and runs that many torch threads, and on a GPU device
+a share of the cluster's GPUs (:func:`actor_resources`). Results (rows and
 artifacts) come back to the driver, which alone writes the store, so resume works as with the local
 executor: a driver killed mid-run and started again finds every finished cell in the store.
 
@@ -77,6 +78,19 @@ class _Worker:
         return self.state.run_cell(task)
 
 
+def actor_resources(cpus: int, gpus: float, workers: int, device: str) -> tuple[int, float]:
+    """(CPUs, GPUs) each of ``workers`` actors reserves: the CPUs of the thread budget (cpus // workers); on a
+    GPU device (``cuda``, or ``auto`` where the cluster has GPUs) an equal share of the GPUs, fractional when
+    there are more workers than GPUs (several small models share one), at most 1."""
+    n = max(1, workers)
+    num_gpus = 0.0
+    if device in ("cuda", "auto") and gpus > 0:
+        num_gpus = min(1.0, gpus / n)
+    elif device == "cuda":
+        raise ConfigError("device", "the preset asks for cuda but the Ray cluster has no GPU; use device: auto or cpu")
+    return max(1, cpus // n), num_gpus
+
+
 class RayExecutor:
     """Tasks on Ray actors (see the module docstring)."""
 
@@ -107,13 +121,14 @@ class RayExecutor:
                 ray.shutdown()
 
     def _run(self, ray, models, cells, config, sink) -> None:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        resources = ray.cluster_resources()
+        cpus = max(1, int(resources.get("CPU", 1)))
         n = max(1, min(self.workers, len(models) + len(cells)))
-        threads = max(1, cpus // n)
+        threads, num_gpus = actor_resources(cpus, float(resources.get("GPU", 0)), n, config.device)
         config = replace(config, threads=threads)
         sched = Scheduler(models, cells, cpus, n, model_threads=min(cpus, training_threads(config.source)),
                           cell_threads=threads)
-        Actor = ray.remote(num_cpus=threads, max_restarts=0)(_Worker)
+        Actor = ray.remote(num_cpus=threads, num_gpus=num_gpus, max_restarts=0)(_Worker)
         actors: dict[int, object] = {}
         current: dict[int, ModelTask | CellTask | None] = {}
         held: dict[int, set[str]] = {}
