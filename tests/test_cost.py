@@ -40,7 +40,12 @@ def test_predict_from_an_earlier_store(tmp_path):
     assert len(history_from([tmp_path]).cells) == len(keys)
     r = xapi.plan(preset, workers=1, history=[tmp_path], source=FAKE_SOURCE)
     assert r["estimate_sources"] == {"exact": len(keys)} and r["cells"] == len(keys)
-    assert r["cells_s"] == pytest.approx(len(keys) * (len(keys) + 1) / 2)     # one worker: the sum 1 + ... + n
+    from xaudit.run.cost import CELL_OVERHEAD_S
+
+    n = len(keys)            # one worker: the sum 1 + ... + n, plus the executor's overhead per cell
+    assert r["cells_s"] == pytest.approx(n * (n + 1) / 2 + n * CELL_OVERHEAD_S["local"])
+    ray_r = xapi.plan(preset, workers=1, history=[tmp_path], source=FAKE_SOURCE, executor="ray")
+    assert ray_r["cells_s"] == pytest.approx(n * (n + 1) / 2 + n * CELL_OVERHEAD_S["ray"])
     # two workers in plan order: simulated as the hand-checked list schedule, each cell slower by the thread
     # ratio (measured with every core's threads in one worker, predicted with cores // 2 each)
     from xaudit.run.cost import THREAD_EXPONENT
@@ -49,7 +54,8 @@ def test_predict_from_an_earlier_store(tmp_path):
     cores = available_cores()
     slower = (cores / max(1, cores // 2)) ** THREAD_EXPONENT
     r2 = xapi.plan(preset, workers=2, history=[tmp_path], source=FAKE_SOURCE)
-    assert r2["cells_s"] == pytest.approx(simulate([], [(i + 1) * slower for i in range(len(keys))], 2, 1)["cells_s"])
+    assert r2["cells_s"] == pytest.approx(simulate([], [(i + 1) * slower + CELL_OVERHEAD_S["local"]
+                                                        for i in range(len(keys))], 2, 1)["cells_s"])
     # another method parameter: not the same cell; the same check and method on the same world
     other = dict(preset, methods=[{"saliency": {"internal_batch": 8}}, "grad_cam", "blank"])
     r3 = xapi.plan(other, workers=1, history=[tmp_path], source=FAKE_SOURCE)
@@ -73,7 +79,7 @@ def test_plan_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "xaudit.cli", "plan", "smoke", "--workers", "2", "--history",
                         str(tmp_path), "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "2 cells" in r.stdout and "2 to train" in r.stdout and "predicted wall time on 2 worker(s)" in r.stdout
+    assert "2 cells" in r.stdout and "2 to train" in r.stdout and "predicted wall time on 2 local worker(s)" in r.stdout
     bad = subprocess.run([sys.executable, "-m", "xaudit.cli", "plan", "smoke", "--history", str(tmp_path / "nope")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--history: no such folder" in bad.stderr

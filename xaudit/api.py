@@ -458,7 +458,7 @@ def _all_attribution_methods() -> list[str]:
 def plan(preset: str | Path | dict | Preset = "default", *, workers: int | None = None,
          history: list[str | Path] | None = None, methods: str | list[str] | None = None,
          checks: str | list[str] | None = None, cache_dir: str | Path | None = None,
-         source: str | None = None) -> dict[str, Any]:
+         source: str | None = None, executor: str = "local") -> dict[str, Any]:
     """What running ``preset`` would do, and how long it would take on ``workers`` workers: the cells per
     check, the models to train, and a predicted wall time from the timings of earlier runs' stores
     (``history``: run folders or folders of them; default ``runs/``), else estimates
@@ -472,5 +472,7 @@ def plan(preset: str | Path | dict | Preset = "default", *, workers: int | None 
     for h in paths:
         if history is not None and not h.exists():
             raise ConfigError("--history", f"no such folder: {h}")
+    if executor not in ("local", "ray"):
+        raise ConfigError("--executor", f"must be 'local' or 'ray', got {executor!r}")
     return predict(pl, workers or p.workers or available_cores(), history_from(h for h in paths if h.exists()),
-                   cache_dir=None if cache_dir is None else str(cache_dir))
+                   cache_dir=None if cache_dir is None else str(cache_dir), executor=executor)

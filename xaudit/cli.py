@@ -217,13 +217,14 @@ def plan(
     methods: Optional[str] = typer.Option(None, "--methods"),
     checks: Optional[str] = typer.Option(None, "--checks"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="model cache dir"),
+    executor: str = typer.Option("local", "--executor", help="local or ray (adds its measured per-cell overhead)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Print a preset's cells, the models to train, and a predicted wall time for K workers."""
     from xaudit.api import plan as plan_fn
 
     r = plan_fn(preset, workers=workers, history=list(history) or None, methods=methods, checks=checks,
-                cache_dir=cache)
+                cache_dir=cache, executor=executor)
     if as_json:
         _print_json(r)
         return
@@ -235,7 +236,7 @@ def plan(
         typer.echo(f"  train {m['label']}: {m['seconds']:.1f} s ({m['source']})")
     src = ", ".join(f"{n} {k}" for k, n in sorted(r["estimate_sources"].items(), key=lambda kv: -kv[1]))
     typer.echo(f"cell times: {src}; from {len(r['history'])} earlier store(s)")
-    typer.echo(f"predicted wall time on {r['workers']} worker(s), {r['cores']} cores: {r['wall_s']:.0f} s "
+    typer.echo(f"predicted wall time on {r['workers']} {r['executor']} worker(s), {r['cores']} cores: {r['wall_s']:.0f} s "
                f"({r['models_s']:.0f} s models, then {r['cells_s']:.0f} s cells)")
 
 

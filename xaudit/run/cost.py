@@ -35,6 +35,8 @@ DEFAULT_CELL_S = 1.0          # a cell with nothing known about it (the default 
 DEFAULT_TRAIN_S = 15.0        # a model to train with nothing known (the zoo's small CNN on 20k images: ~15 s)
 LOAD_S = 0.05                 # loading a cached model (30 in 0.48 s in a warm default run)
 THREAD_EXPONENT = 0.80        # cell seconds ~ threads ** -0.80 (measured: 2 threads 1.74x faster than 1)
+# what an executor adds to every cell (median, dispatch to result minus the cell's own time; bench/scale.py)
+CELL_OVERHEAD_S = {"local": 0.0010, "ray": 0.0039}
 
 
 @dataclass
@@ -159,8 +161,8 @@ def simulate(model_s: list[float], cell_s: list[float], workers: int, model_slot
     return {"models_s": m, "cells_s": c, "wall_s": m + c}
 
 
-def predict(plan, workers: int, history: History, cache_dir: str | None = None, cores: int | None = None
-            ) -> dict[str, Any]:
+def predict(plan, workers: int, history: History, cache_dir: str | None = None, cores: int | None = None,
+            executor: str = "local") -> dict[str, Any]:
     """The plan's cells and models with their estimates, and the predicted wall time on ``workers``."""
     from xaudit.run.executor import available_cores, training_threads
 
@@ -170,7 +172,8 @@ def predict(plan, workers: int, history: History, cache_dir: str | None = None, 
     models = [(m, model_estimate(m, history, m.key in cached)) for m in plan.models.values()]
     threads = max(1, cores // max(1, workers))
     cells = [(c, cell_estimate(c, history)) for c in plan.cells if not c.upstream]
-    cells = [(c, Estimate(e.seconds / threads ** THREAD_EXPONENT, e.source)) for c, e in cells]
+    extra = CELL_OVERHEAD_S.get(executor, 0.0)
+    cells = [(c, Estimate(e.seconds / threads ** THREAD_EXPONENT + extra, e.source)) for c, e in cells]
     sim = simulate([e.seconds for _, e in models], [e.seconds for _, e in cells], max(1, workers), model_slots)
     sources: dict[str, int] = {}
     for _, e in cells:
@@ -180,7 +183,7 @@ def predict(plan, workers: int, history: History, cache_dir: str | None = None, 
         d = per_check.setdefault(c.check, {"cells": 0, "seconds": 0.0})
         d["cells"] += 1
         d["seconds"] += e.seconds
-    return {"workers": workers, "cores": cores, "cells": len(plan.cells), "derived_cells": len(plan.cells) - len(cells),
+    return {"workers": workers, "cores": cores, "executor": executor, "cells": len(plan.cells), "derived_cells": len(plan.cells) - len(cells),
             "models": len(models), "models_to_train": sum(1 for m, e in models if e.source != "cached"),
             "model_s": sum(e.seconds for _, e in models), "cell_s": sum(e.seconds for _, e in cells),
             "estimate_sources": sources, "per_check": per_check, "history": history.stores, **sim,
