@@ -187,7 +187,8 @@ def test_two_worlds_and_a_population_check_give_the_same_rows(tmp_path, cluster)
 
     from xaudit import explain
 
-    if "toy_population" not in CHECKS:       # test_contract unregisters its toys when it ends: again
+    reloaded = "toy_population" not in CHECKS    # test_contract unregisters its toys when it ends: again
+    if reloaded:
         if "toy_synth" in explain.names():
             explain.unregister("toy_synth")
         importlib.reload(contract_fakes)
@@ -203,11 +204,12 @@ def test_two_worlds_and_a_population_check_give_the_same_rows(tmp_path, cluster)
         assert len(a) == 8 * 10 and comparable(a) == comparable(b)
         assert len({r["world"] for r in b}) == 2
     finally:
-        for name in [n for n in CHECKS.names() if n.startswith("toy_")]:
-            del CHECKS._items[name]
-            CHECKS._meta.pop(name, None)
-        if "toy_synth" in explain.names():
-            explain.unregister("toy_synth")
+        if reloaded:                         # leave the registries as this test found them
+            for name in [n for n in CHECKS.names() if n.startswith("toy_")]:
+                del CHECKS._items[name]
+                CHECKS._meta.pop(name, None)
+            if "toy_synth" in explain.names():
+                explain.unregister("toy_synth")
 
 
 def test_actor_resources():

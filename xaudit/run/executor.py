@@ -175,6 +175,17 @@ class Scheduler:
                 self.threads_in_use -= self.cell_threads
             self.waiting.insert(0, task)
 
+    def assign(self, wid, current: dict, held: dict, last: dict) -> "ModelTask | CellTask | None":
+        """The next task for worker ``wid`` given what every worker runs (``current``), holds and ran
+        last; records it in ``current`` and ``last``. None: nothing may start now."""
+        others = [t for w, t in current.items() if w != wid and t is not None and t.kind == "cell"]
+        task = self.next_task(held[wid], {t.primary for t in others}, last[wid], {affinity(t) for t in others})
+        if task is not None:
+            current[wid] = task
+            if task.kind == "cell":
+                last[wid] = affinity(task)
+        return task
+
     def blocked(self) -> bool:
         """Nothing runnable and nothing running: should not happen (a dependency was never scheduled)."""
         return (not self.model_queue and not self.models_running and not self.cells_running
@@ -266,14 +277,9 @@ class LocalExecutor:
             for wid in sorted(ready):
                 if current.get(wid) is not None:
                     continue
-                others = [t for w, t in current.items() if w != wid and t is not None and t.kind == "cell"]
-                task = sched.next_task(held[wid], {t.primary for t in others}, last[wid],
-                                       {affinity(t) for t in others})
+                task = sched.assign(wid, current, held, last)
                 if task is None:
                     return
-                current[wid] = task
-                if task.kind == "cell":
-                    last[wid] = affinity(task)
                 inboxes[wid].put(task)
 
         for _ in range(n):

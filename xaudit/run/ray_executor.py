@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 
 from xaudit.core.errors import ConfigError
-from xaudit.run.executor import Sink, affinity, available_cores, training_threads, _skip_failed, Scheduler
+from xaudit.run.executor import Scheduler, Sink, _skip_failed, available_cores, training_threads
 from xaudit.run.worker import CellResult, CellTask, ModelResult, ModelTask, WorkerConfig, WorkerState, set_threads
 
 INSTALL_HINT = "pip install 'xaudit[ray]' (or: pip install 'ray>=2.9')"
@@ -151,14 +151,9 @@ class RayExecutor:
             for wid in sorted(actors):
                 if current[wid] is not None:
                     continue
-                others = [t for w, t in current.items() if w != wid and t is not None and t.kind == "cell"]
-                task = sched.next_task(held[wid], {t.primary for t in others}, last[wid],
-                                       {affinity(t) for t in others})
+                task = sched.assign(wid, current, held, last)
                 if task is None:
                     return
-                current[wid] = task
-                if task.kind == "cell":
-                    last[wid] = affinity(task)
                 (sink.model_started if task.kind == "model" else sink.cell_started)(task.key, f"ray{wid}")
                 if task.kind == "cell" and self.model_sharing == "object_store":
                     for _, _, k in task.models:      # before the cell: an actor runs its calls in order
