@@ -198,6 +198,22 @@ def _skip_failed(sched: Scheduler, results: list[CellResult], sink: Sink) -> Non
         sched.finished += 1
 
 
+def finished(sched: Scheduler, kind: str, res: ModelResult | CellResult, sink: Sink) -> None:
+    """Record a task's result with the scheduler and the sink (a failed model also fails the cells that
+    needed it), in every executor."""
+    if kind == "model":
+        sink.model_finished(res)
+        _skip_failed(sched, sched.model_finished(res), sink)
+    else:
+        sched.cell_finished(res.key)
+        sink.cell_finished(res)
+
+
+def failed(task: ModelTask | CellTask, why: str) -> ModelResult | CellResult:
+    """The result of a task whose worker was lost."""
+    return (ModelResult if task.kind == "model" else CellResult)(task.key, "failed", error=why)
+
+
 class LocalExecutor:
     """``workers`` processes on this machine (default: one per core); with workers=1 the tasks run
     in the calling process (no start-up cost). Each worker gets cores // workers torch threads."""
@@ -235,14 +251,11 @@ class LocalExecutor:
                     task = replace(task, threads=self.cores)
                     sink.model_started(task.key, "main")
                     res = state.prepare_model(task)
-                    sink.model_finished(res)
-                    _skip_failed(sched, sched.model_finished(res), sink)
                 else:
                     sink.cell_started(task.key, "main")
                     last = affinity(task)
                     res = state.run_cell(task)
-                    sched.cell_finished(task.key)
-                    sink.cell_finished(res)
+                finished(sched, task.kind, res, sink)
         finally:
             set_threads(before)
 
@@ -304,12 +317,7 @@ class LocalExecutor:
                         res = msg[4]
                         current[wid] = None
                         held[wid] = set(res.held)      # exactly what the worker holds now
-                        if msg[2] == "model":
-                            sink.model_finished(res)
-                            _skip_failed(sched, sched.model_finished(res), sink)
-                        else:
-                            sched.cell_finished(res.key)
-                            sink.cell_finished(res)
+                        finished(sched, msg[2], res, sink)
                     continue
                 # no message: look for workers that died (killed, out of memory, segfault)
                 for wid, p in list(procs.items()):
@@ -320,13 +328,7 @@ class LocalExecutor:
                     ready.discard(wid)
                     why = f"worker process exited with code {p.exitcode} (killed, crashed or out of memory)"
                     if task is not None:
-                        if task.kind == "model":
-                            res = ModelResult(task.key, "failed", error=why)
-                            sink.model_finished(res)
-                            _skip_failed(sched, sched.model_finished(res), sink)
-                        else:
-                            sched.cell_finished(task.key)
-                            sink.cell_finished(CellResult(task.key, "failed", error=why))
+                        finished(sched, task.kind, failed(task, why), sink)
                     if not sched.done():
                         respawns += 1
                         if respawns > 2 * n + 2:

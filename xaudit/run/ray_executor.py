@@ -29,8 +29,8 @@ import time
 from dataclasses import replace
 
 from xaudit.core.errors import ConfigError
-from xaudit.run.executor import Scheduler, Sink, _skip_failed, available_cores, training_threads
-from xaudit.run.worker import CellResult, CellTask, ModelResult, ModelTask, WorkerConfig, WorkerState, set_threads
+from xaudit.run.executor import Scheduler, Sink, available_cores, failed, finished, training_threads
+from xaudit.run.worker import CellTask, ModelTask, WorkerConfig, WorkerState, set_threads
 
 INSTALL_HINT = "pip install 'xaudit[ray]' (or: pip install 'ray>=2.9')"
 # how workers get the models others trained: a cache path every worker reads ("filesystem"), or the
@@ -185,15 +185,10 @@ class RayExecutor:
                         spawn(wid)
                         continue
                     held[wid] = set(res.held)
-                    if task.kind == "model":
-                        if res.status == "ok" and self.model_sharing == "object_store":
-                            exported[res.key] = actors[wid].export_model.remote(task.model)   # stays in Ray
-                            installed[wid].add(res.key)
-                        sink.model_finished(res)
-                        _skip_failed(sched, sched.model_finished(res), sink)
-                    else:
-                        sched.cell_finished(res.key)
-                        sink.cell_finished(res)
+                    if task.kind == "model" and res.status == "ok" and self.model_sharing == "object_store":
+                        exported[res.key] = actors[wid].export_model.remote(task.model)   # stays in Ray
+                        installed[wid].add(res.key)
+                    finished(sched, task.kind, res, sink)
         finally:
             for a in actors.values():
                 try:
@@ -207,11 +202,5 @@ class RayExecutor:
         if retries[task.key] <= self.max_retries:
             sched.requeue(task)
             return
-        why = f"the Ray worker running it was lost {retries[task.key]} times (last: {why})"
-        if task.kind == "model":
-            res = ModelResult(task.key, "failed", error=why)
-            sink.model_finished(res)
-            _skip_failed(sched, sched.model_finished(res), sink)
-        else:
-            sched.cell_finished(task.key)
-            sink.cell_finished(CellResult(task.key, "failed", error=why))
+        finished(sched, task.kind, failed(task, f"the Ray worker running it was lost {retries[task.key]} times "
+                                             f"(last: {why})"), sink)
