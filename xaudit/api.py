@@ -312,14 +312,13 @@ def audit(model: Any, data: Any, *, weights: str | Path | None = None, labels: A
     blocks_inferred = spec["blocks"] is None
     user.check_blocks(module, wrapped_blocks)
     x = world.sample(range(len(world))).images
-    norm = user.Normalize(*(None, None) if spec["normalize"] is None else (spec["normalize"]["mean"],
-                                                                          spec["normalize"]["std"]))
-    logits = user.check_outputs(user.Audited(module, spec["normalize"]).eval(), x, world.paths)
+    audited = user.Audited(module, spec["normalize"]).eval()
+    logits = user.check_outputs(audited, x, world.paths)
     cam_inferred = spec["cam_layer"] is None
     if not cam_inferred:
         user.check_layer(module, spec["cam_layer"])
     else:
-        spec["cam_layer"] = user.infer_cam_layer(module, norm(x[:8]))
+        spec["cam_layer"] = user.infer_cam_layer(module, audited.normalize(x[:8]))
     spec["blocks"] = list(wrapped_blocks)
     spec["input"] = list(x.shape[1:])
     notes: list[str] = []
