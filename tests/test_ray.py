@@ -212,12 +212,80 @@ def test_two_worlds_and_a_population_check_give_the_same_rows(tmp_path, cluster)
                 explain.unregister("toy_synth")
 
 
+def test_smoke_preset_gives_the_same_rows(tmp_path, cluster):
+    """The shipped smoke preset (a trained model and its retrain reference, saliency and Grad-CAM):
+    Ray and local, value by value. The models come from the shared cache (trained once, by whichever
+    run is first)."""
+    import xaudit.run as xrun
+    from xaudit.run.ray_executor import RayExecutor
+
+    local = xrun.run("smoke", out=tmp_path / "local", workers=2, progress=False)
+    remote = xrun.run("smoke", out=tmp_path / "ray", executor=RayExecutor(2), progress=False)
+    assert local.summary.done == remote.summary.done == 2 and remote.summary.failed == 0
+    a, b = rows(local.run_dir), rows(remote.run_dir)
+    assert len(a) > 10 and {r["method"] for r in b} == {"saliency", "grad_cam"}
+    assert comparable(a) == comparable(b)
+    with Store.open(remote.run_dir, readonly=True) as s:
+        assert all(c["worker"].startswith("ray") for c in s.cells())
+
+
 def test_actor_resources():
     from xaudit.run.ray_executor import actor_resources
 
-    assert actor_resources(2, 0, 2, "cpu") == (1, 0.0)
-    assert actor_resources(16, 4, 8, "cuda") == (2, 0.5)        # two small-model workers share a GPU
-    assert actor_resources(16, 16, 8, "auto") == (2, 1.0)
-    assert actor_resources(4, 0, 1, "auto") == (4, 0.0)
+    assert actor_resources(2, 0, 2, "cpu") == (2, 1, 0.0)
+    assert actor_resources(16, 4, 8, "cuda") == (8, 2, 0.5)        # two small-model workers share a GPU
+    assert actor_resources(16, 16, 8, "auto") == (8, 2, 1.0)
+    assert actor_resources(4, 0, 1, "auto") == (1, 4, 0.0)
     with pytest.raises(ConfigError, match="no GPU"):
         actor_resources(4, 0, 2, "cuda")
+    # a declared share: every actor reserves it, and only as many actors start as the GPUs hold
+    assert actor_resources(16, 4, 8, "cuda", (0.25, "method m")) == (8, 2, 0.25)
+    assert actor_resources(16, 4, 8, "cuda", (1.0, "method m")) == (4, 4, 1.0)
+    assert actor_resources(16, 4, 8, "auto", (2.0, "model big")) == (2, 8, 2.0)
+    assert actor_resources(16, 0, 8, "cpu", (1.0, "method m")) == (8, 2, 0.0)    # no GPU device: ignored
+    with pytest.raises(ConfigError, match="model big needs 8 GPUs per task but the Ray cluster has 4"):
+        actor_resources(16, 4, 2, "cuda", (8.0, "model big"))
+
+
+class _GpuSource:
+    """A model source that declares a GPU share per model (the optional ``num_gpus`` hook)."""
+
+    def num_gpus(self, model):
+        return 0.5 if model.key == "big" else None
+
+
+def test_declared_gpus_come_from_method_and_model_metadata(monkeypatch):
+    import sys
+    import types
+
+    from xaudit import explain
+    from xaudit.run.models import ResolvedModel
+    from xaudit.run.ray_executor import declared_gpus
+    from xaudit.run.worker import CellTask, ModelTask
+
+    with pytest.raises(ConfigError, match="num_gpus: must be a positive number"):
+        explain.register("gpu_hungry", num_gpus=0)
+
+    @explain.register("gpu_hungry", family="gradient", passes=(1, 1), num_gpus=0.25)
+    def gpu_hungry(model, x, target):
+        return x
+
+    try:
+        assert {d["name"]: d["num_gpus"] for d in explain.describe()}["gpu_hungry"] == 0.25
+        small, big = (ResolvedModel(key=k, label=k, spec=k, seed=0) for k in ("small", "big"))
+
+        def cell(method, model):
+            return CellTask(key=f"{method}-{model.key}", check="c", method=method, method_params={}, model_group="g",
+                            world={}, seed=0, params={}, models=(("m", 0, model.key),), resolved={model.key: model})
+
+        mod = types.ModuleType("gpu_source_mod")
+        mod.GpuSource = _GpuSource
+        monkeypatch.setitem(sys.modules, "gpu_source_mod", mod)
+        zoo = "xaudit.run.models:ZooSource"          # declares nothing
+        assert declared_gpus([], [cell("saliency", small)], zoo) is None
+        assert declared_gpus([], [cell("saliency", small), cell("gpu_hungry", small)], zoo) == (0.25, "method gpu_hungry")
+        assert declared_gpus([ModelTask("big", big)], [cell("gpu_hungry", small)], "gpu_source_mod:GpuSource") == \
+            (0.5, "model big")
+        assert declared_gpus([], [cell("saliency", small)], "gpu_source_mod:GpuSource") is None
+    finally:
+        explain.unregister("gpu_hungry")

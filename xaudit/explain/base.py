@@ -257,6 +257,7 @@ class MethodInfo:
     uses_model: bool = True
     registration: int = 0      # distinct for every register() call: a re-registered name is a new method
     kind: str = "attribution"  # "attribution": fn(model, x, target) -> maps; "synthesis": see register()
+    num_gpus: float | None = None   # the GPU share a cell of this method needs on a cluster (None: any)
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -274,7 +275,8 @@ def _as_passes(passes) -> Callable | None:
 
 def register(name: str | None = None, *, family: str = "gradient", stochastic: bool = False,
              params: Mapping[str, Any] | None = None, passes=None, validate=None,
-             uses_model: bool = True, replace: bool = False, kind: str = "attribution"):
+             uses_model: bool = True, replace: bool = False, kind: str = "attribution",
+             num_gpus: float | None = None):
     """Decorator that registers a method.
 
     - ``kind="attribution"`` (the default): ``fn(model, x, target, **params) -> Tensor[N, C, H, W]``,
@@ -293,6 +295,9 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
     - ``passes``: model passes per image, as a number (forward = backward), a ``(forward, backward)``
       pair, or ``callable(params, (C, H, W)) -> (forward, backward)``; None when unknown.
     - ``validate(params)``: optional; raises ConfigError for bad parameter values.
+    - ``num_gpus``: the share of a GPU a cell of this method needs when it runs on a Ray cluster with GPUs
+      (fractional: 0.25 lets four such cells share one GPU; more than 1 for a method that needs several);
+      None (the default) takes the executor's equal share. See :mod:`xaudit.run.ray_executor`.
 
     A user method registered this way is checked, counted and scored exactly like the built-ins::
 
@@ -307,6 +312,10 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
     if kind not in METHOD_KINDS:
         raise ConfigError("kind", f"must be one of {', '.join(METHOD_KINDS)}; got {kind!r}")
     stochastic = stochastic or kind == "synthesis"
+    if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and not isinstance(num_gpus, bool)
+                                     and num_gpus > 0):
+        raise ConfigError("num_gpus", f"must be a positive number of GPUs (0.25 for a quarter of one) or None; "
+                                      f"got {num_gpus!r}")
 
     def deco(fn):
         key = name or fn.__name__
@@ -318,7 +327,8 @@ def register(name: str | None = None, *, family: str = "gradient", stochastic: b
         doc = inspect.getdoc(fn) or ""
         info = MethodInfo(name=key, fn=fn, family=family, stochastic=bool(stochastic), params=defaults,
                           passes=_as_passes(passes), description=doc.split("\n\n")[0].replace("\n", " "),
-                          validate=validate, uses_model=uses_model, registration=next(_REGISTRATIONS), kind=kind)
+                          validate=validate, uses_model=uses_model, registration=next(_REGISTRATIONS), kind=kind,
+                          num_gpus=None if num_gpus is None else float(num_gpus))
         METHODS.add(key, info, replace=replace)
         return fn
 
@@ -375,7 +385,7 @@ def describe(shape: tuple[int, int, int] = (3, 32, 32)) -> list[dict[str, Any]]:
             passes = {"forward": f, "backward": b}
         rows.append({"name": n, "kind": m.kind, "family": m.family, "stochastic": m.stochastic,
                      "params": {k: _jsonable(v) for k, v in m.params.items()},
-                     "passes_per_image": passes, "description": m.description})
+                     "passes_per_image": passes, "num_gpus": m.num_gpus, "description": m.description})
     return rows
 
 

@@ -4,7 +4,8 @@
 cells are Ray tasks on *actors*, one per worker: an actor keeps its models loaded and is given the cells of
 a model it holds first (the local scheduler's policy, :class:`~xaudit.run.executor.Scheduler`, decides in the
 driver). Each actor reserves ``cores // workers`` CPUs and runs that many torch threads, and on a GPU device
-a share of the cluster's GPUs (:func:`actor_resources`). Results (rows and
+a share of the cluster's GPUs: the largest share a method or a model of the run declares (``num_gpus``),
+else an equal share (:func:`actor_resources`). Results (rows and
 artifacts) come back to the driver, which alone writes the store, so resume works as with the local
 executor: a driver killed mid-run and started again finds every finished cell in the store.
 
@@ -78,17 +79,55 @@ class _Worker:
         return self.state.run_cell(task)
 
 
-def actor_resources(cpus: int, gpus: float, workers: int, device: str) -> tuple[int, float]:
-    """(CPUs, GPUs) each of ``workers`` actors reserves: the CPUs of the thread budget (cpus // workers); on a
-    GPU device (``cuda``, or ``auto`` where the cluster has GPUs) an equal share of the GPUs, fractional when
-    there are more workers than GPUs (several small models share one), at most 1."""
+def declared_gpus(models: list[ModelTask], cells: list[CellTask], source: str) -> tuple[float, str] | None:
+    """The largest GPU share a task of the run declares, with who declares it: a method's ``num_gpus``
+    (``xaudit.explain.register(num_gpus=)``) or a model's (the model source's optional ``num_gpus(model)``;
+    a user model spec's ``num_gpus``). None when nothing declares one."""
+    from xaudit.explain.base import METHODS
+    from xaudit.run.models import load_source
+
+    hook = getattr(load_source(source), "num_gpus", None)
+    seen: set[str] = set()
+    found: list[tuple[float, str]] = []
+    for t in cells:
+        if t.method not in seen and t.method in METHODS:
+            seen.add(t.method)
+            g = METHODS.get(t.method).num_gpus
+            if g is not None:
+                found.append((float(g), f"method {t.method}"))
+    if callable(hook):
+        resolved = {m.model.key: m.model for m in models}
+        for t in cells:
+            resolved.update(t.resolved)
+        for m in resolved.values():
+            g = hook(m)
+            if g is not None:
+                found.append((float(g), f"model {m.label}"))
+    return max(found, key=lambda f: f[0], default=None)
+
+
+def actor_resources(cpus: int, gpus: float, workers: int, device: str,
+                    declared: tuple[float, str] | None = None) -> tuple[int, int, float]:
+    """(actors, CPUs, GPUs) for a run asking for ``workers`` actors on a cluster of ``cpus`` CPUs and
+    ``gpus`` GPUs: each actor reserves the CPUs of the thread budget (``cpus // workers``). On a GPU device
+    (``cuda``, or ``auto`` where the cluster has GPUs) each reserves the largest GPU share a task declares
+    (:func:`declared_gpus`: an actor may be given any task), and as many actors start as those shares fit
+    in; where nothing declares one, an equal share of the GPUs, fractional when there are more workers
+    than GPUs (several small models share one), at most 1."""
     n = max(1, workers)
     num_gpus = 0.0
     if device in ("cuda", "auto") and gpus > 0:
-        num_gpus = min(1.0, gpus / n)
+        if declared is not None:
+            num_gpus, who = declared
+            if num_gpus > gpus:
+                raise ConfigError("num_gpus", f"{who} needs {num_gpus:g} GPUs per task but the Ray cluster has "
+                                              f"{gpus:g}; run on a larger cluster or declare a smaller share")
+            n = max(1, min(n, int(gpus / num_gpus + 1e-9)))
+        else:
+            num_gpus = min(1.0, gpus / n)
     elif device == "cuda":
         raise ConfigError("device", "the preset asks for cuda but the Ray cluster has no GPU; use device: auto or cpu")
-    return max(1, cpus // n), num_gpus
+    return n, max(1, cpus // n), num_gpus
 
 
 class RayExecutor:
@@ -124,7 +163,8 @@ class RayExecutor:
         resources = ray.cluster_resources()
         cpus = max(1, int(resources.get("CPU", 1)))
         n = max(1, min(self.workers, len(models) + len(cells)))
-        threads, num_gpus = actor_resources(cpus, float(resources.get("GPU", 0)), n, config.device)
+        n, threads, num_gpus = actor_resources(cpus, float(resources.get("GPU", 0)), n, config.device,
+                                               declared_gpus(models, cells, config.source))
         config = replace(config, threads=threads)
         sched = Scheduler(models, cells, cpus, n, model_threads=min(cpus, training_threads(config.source)),
                           cell_threads=threads)
