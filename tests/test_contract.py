@@ -169,7 +169,7 @@ def test_every_verdict_of_a_per_trojan_check_reaches_scorecard_and_html(tmp_path
             assert f"<th>{metric} / {t}</th>" in html
     # each method's row of the verdict table has all six verdicts
     table = html[html.index('<h2 id="check-toy_per_trojan">'):]
-    assert table.count('<td class="pass">') == 4 and table.count('<td class="fail">') == 4
+    assert table.count('<td class="reveals" title="pass">') == 4 and table.count('<td class="not" title="fail">') == 4
     assert any("order l1 / patch_a, l1 / style_b, l1 / natural_c" in line for line in sc.legend())
 
 

@@ -87,7 +87,8 @@ def _pngs(html: str) -> list[bytes]:
 
 def test_report_is_self_contained_with_valid_figures(run_dir):
     html = (run_dir / "report.html").read_text()
-    assert not re.search(r'(src|href)="(https?:|//|file:)', html) and "<script" not in html and "<link" not in html
+    assert not re.search(r'(src|href)="(https?:|//|file:)', html) and "<link" not in html
+    assert re.findall(r"<script[^>]*>", html) == ["<script>"]          # the answer table's, inline
     srcs = re.findall(r'<img[^>]*src="([^"]{0,30})', html)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     for data in _pngs(html):
@@ -120,8 +121,9 @@ def test_report_contents(run_dir):
     assert sorted(HOOK_PNG["artifacts"]) == sorted(run_dir / "artifacts" / c["key"][:16] for c in hooked)
     assert sorted((d / "sub" / "method.txt").read_text() for d in HOOK_PNG["artifacts"]) == \
         sorted(c["method"] for c in hooked)
-    # baselines are their own block, after the methods
-    assert html.index("<th>grad_cam</th>") < html.index("baselines (") < html.index("blank <span class=lab>(baseline)")
+    # the answer table comes first; baselines are its last rows
+    assert html.index('id="answer"') < html.index('id="check-')
+    assert html.index('data-method="grad_cam"') < html.index('data-method="blank"')
 
 
 def test_scorecard_matches_the_exported_rows(run_dir, tmp_path):
@@ -139,7 +141,8 @@ def test_scorecard_matches_the_exported_rows(run_dir, tmp_path):
         word = {"pass": "PASS", "fail": "FAIL"}[r["verdict"]]
         ci = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if r["ci_low"] is not None else ""
         assert e.text() == f"{word} {r['value']:.3g}{ci}"
-        assert e.text() in (run_dir / "report.html").read_text()
+        sym = {"pass": "✔", "fail": "✘"}[r["verdict"]]        # the check's verdict table: symbol and score [CI]
+        assert f"{sym} {e.score()}</td>" in (run_dir / "report.html").read_text()
     assert [e.text() for _, e in sc.lines("grad_cam", "fake_fail")] == ["error"]
     assert [e.text() for _, e in sc.lines("blank", "fake_fail")] == ["n/a"]
     from rich.console import Console

@@ -181,7 +181,7 @@ def _write_report(run_dir: Path) -> Path:
 def main_run(preset: str | Path = "default", *, out: str | Path | None = None, workers: int | None = None,
              methods: str | None = None, checks: str | None = None, cache_dir: str | Path | None = None,
              executor: str | None = None, address: str | None = None) -> int:
-    """``xaudit run``: run with a progress display, print the scorecard and the report path.
+    """``xaudit run``: run with a progress display, print the answer table and the report path.
     Returns the exit code: 0, 1 when cells failed, 130 when interrupted."""
     from rich.console import Console
 
@@ -196,13 +196,14 @@ def main_run(preset: str | Path = "default", *, out: str | Path | None = None, w
 
 
 def _print_outcome(res: RunResult, err) -> int:
-    """The scorecard, the cell counts and the report path; the exit code (1 when cells failed)."""
+    """The answer table (which method reveals which bug), the cell counts and the report path; the exit
+    code (1 when cells failed)."""
     from rich.markup import escape
 
-    from xaudit.report import render_terminal, scorecard
+    from xaudit.report import answer
 
     with Store.open(res.run_dir, readonly=True) as store:
-        render_terminal(scorecard(store))
+        answer.render_terminal(answer.answer_table(store))
     s = res.summary
     print(f"{s.cells} cells: {s.done} done, {s.failed} failed, {s.not_applicable} not applicable "
           f"({s.skipped} finished earlier, {s.ran} run now) in {s.seconds:.1f} s")

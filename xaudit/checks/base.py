@@ -133,6 +133,12 @@ class Check:
     verdict_key: ClassVar[tuple[str, ...]] = ("metric",)
     # the metric whose verdict heads the cell's scorecard entry (None: all verdict rows, in row order)
     scorecard_metric: ClassVar[str | None] = None
+    # the bug the check plants: the report's answer table column ("randomized weights"). A template like
+    # "{trojan} trojan" makes a column per value of that row column (the part after its last ':'); None: a
+    # column named after the check; "": no planted bug (the check stays out of the answer table)
+    bug: ClassVar[str | None] = None
+    # {row column: glob}: only the verdict rows that match count in the answer table ({"trojan": "family:*"})
+    bug_rows: ClassVar[dict[str, str] | None] = None
     # a derived check reads the rows another check stored instead of loading models and explaining:
     # the name of that check. The plan gives each of its cells the key of the upstream cell with the
     # same method, model group, world and seed (hashed into its own key, so it is recomputed when the
@@ -229,6 +235,7 @@ def describe() -> list[dict[str, Any]]:
                     "description": c.description, "defaults": dict(c.defaults),
                     "method_kinds": list(c.method_kinds), "verdict_key": list(c.verdict_key),
                     "scorecard_metric": c.scorecard_metric, "derives_from": c.derives_from,
+                    "bug": c.bug, "bug_rows": dict(c.bug_rows) if c.bug_rows else None,
                     "worlds": None if c.worlds is None else list(c.worlds),
                     "model_groups": None if c.model_groups is None else list(c.model_groups)})
     return out

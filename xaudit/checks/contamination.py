@@ -37,6 +37,7 @@ MEASURES = ("spearman_abs", "spearman_signed", "ssim", "hog")   # edge_similarit
 class ModelContamination(Check):
     """Cascading randomization as a debugging test, from the stored cascading rows."""
     name = "contamination"
+    bug = "model contamination"
     kind = "score"
     higher_is_better = None
     citation = debugging.CITATION

@@ -18,6 +18,7 @@ from xaudit.core.errors import ConfigError
 class DataRandomization(SanityCheck):
     """True-label model vs random-label model."""
     name = "data_randomization"
+    bug = "random labels"
     extra_defaults = {"random_label_spec": "random-labels", "require_bug_took": True}
     description = ("Train the same architecture on permuted labels (random-labels) and compare its maps with the "
                    "true-label model's maps on the same test images: " + VERDICT_RULE + "." + METRICS_NOTE)

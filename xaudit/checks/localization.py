@@ -95,6 +95,7 @@ def _mask_note(note: str) -> str:
 class Localization(Check):
     """Attribution maps against the world's per-image ground-truth masks (object, or a user's masks)."""
     name = "localization"
+    bug = ""   # ground truth, no planted bug: not in the answer table
     kind = "re-explain"
     higher_is_better = None
     citation = CITATION

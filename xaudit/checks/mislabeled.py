@@ -186,6 +186,7 @@ def _tail(m: Maps, k: int) -> Maps:
 class MislabeledExamples(DebuggingCheck):
     """Label-noise model vs a correct-label reference model, on flipped and on correct training examples."""
     name = "mislabeled"
+    bug = "mislabeled examples"
     worlds = ("shapes",)
     model_groups = ("label-noise",)
     scorecard_metric = "ssim"

@@ -107,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
 class ModelAnomaly(Check):
     """Visualizations of anomalous models against a population of normal ones, per anomaly family."""
     name = "model_anomaly"
+    bug = "anomalous model: {anomaly}"
     kind = "re-explain"
     higher_is_better = True
     citation = CITATION

@@ -205,6 +205,7 @@ class OutOfDistribution(DebuggingCheck):
     """In-domain model vs models trained on other domains, explaining the same in-domain inputs."""
 
     name = "ood"
+    bug = "OOD input"
     worlds = ("digits", "shapes")
     verdict_key = ("metric", "domain")
     scorecard_metric = "spearman_abs"

@@ -153,6 +153,7 @@ class OutOfDistributionShift(DebuggingCheck):
     """One model explaining its inputs and the same inputs shifted out of distribution."""
 
     name = NAME
+    bug = "OOD input"
     verdict_key = ("metric", "domain")
     scorecard_metric = "spearman_abs"
     extra_defaults = {"split": "test", "shifts": DEFAULT_SHIFTS, "margin": 0.0}

@@ -27,6 +27,7 @@ def random_other_class(target: torch.Tensor, n_classes: int, seed: int, indices:
 class RandomLogit(SanityCheck):
     """Explained class vs a random other class, same model."""
     name = "random_logit"
+    bug = "wrong class explained"
     description = ("Explain each image for its predicted class and for a random other class (seeded), same model, "
                    "and compare the two maps: " + VERDICT_RULE + "." + METRICS_NOTE)
 

@@ -66,6 +66,7 @@ class _ParameterRandomization(SanityCheck):
 class CascadingRandomization(_ParameterRandomization):
     """Cascading model-parameter randomization."""
     name = "cascading_randomization"
+    bug = "randomized weights"
     mode = "cascading"
     description = ("Re-initialize the model's blocks from the output to the input, cumulatively (stage k: the top "
                    "k blocks re-initialized), and compare each stage's maps with the trained model's maps on the "
@@ -80,6 +81,7 @@ class CascadingRandomization(_ParameterRandomization):
 class IndependentRandomization(_ParameterRandomization):
     """Independent model-parameter randomization."""
     name = "independent_randomization"
+    bug = "randomized weights"
     mode = "independent"
     description = ("Re-initialize one block at a time (stage k: block k from the output alone; all others "
                    "trained) and compare with the trained model's maps: " + VERDICT_RULE +

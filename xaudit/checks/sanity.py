@@ -153,6 +153,9 @@ class SanityCheck(Check):
     citation = ("Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim. Sanity Checks for Saliency Maps. "
                 "NeurIPS 2018")
     extra_defaults: ClassVar[dict[str, Any]] = {}
+    # the headline (scorecard, answer table): the rank correlation of the absolute maps, the paper's main
+    # measure (its Figures 2 and 4); the check's section shows the verdict of every metric
+    scorecard_metric: ClassVar[str | None] = "spearman_abs"
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

@@ -72,6 +72,7 @@ GT2_ZERO = "GT-2 undefined: the background-only map is 0 on the whole background
 class SpuriousCorrelation(DebuggingCheck):
     """Buggy (background-cued) model vs unbiased reference: does the map move onto the background?"""
     name = "spurious"
+    bug = "spurious cue"
     worlds = ("spurious",)
     scorecard_metric = VERDICT_METRIC
     extra_defaults = {

@@ -86,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
 class TrojanLocalization(Check):
     """Attribution maps against the trigger's footprint on triggered images, per trojan."""
     name = "trojan_localization"
+    bug = "{trojan} trojan"
+    bug_rows = {"trojan": "family:*"}
     kind = "re-explain"
     higher_is_better = None
     citation = CITATION

@@ -96,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
 class TrojanRediscovery(Check):
     """Feature synthesis for each trojan's target class, judged offline against 8 trigger options."""
     name = "trojan_rediscovery"
+    bug = "{trojan} trojan"
+    bug_rows = {"trojan": "family:*"}
     kind = "synthesize"
     higher_is_better = True
     citation = CITATION

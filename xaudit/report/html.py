@@ -1,8 +1,10 @@
 """report.html: one self-contained file (inline CSS, figures as base64 PNG) computed from the store.
 
-Sections: summary, scorecard (baselines as their own rows), one section per check (protocol and
-verdict rule from the check's description, citation, figures), models, failed and not-applicable
-cells with their reasons, run configuration and versions.
+Sections: summary, the answer table (which method reveals which bug; :mod:`xaudit.report.answer`), one
+section per check (protocol and verdict rule from the check's description, citation, its verdict table
+with a column per verdict key, figures with captions), models, failed and not-applicable cells with their
+reasons, run configuration and versions. The answer table's sorting and filter are a small inline script;
+the file loads anywhere with nothing else.
 """
 from __future__ import annotations
 
@@ -13,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xaudit.report import figures as figs
+from xaudit.report import answer, figures as figs
 from xaudit.checks.base import verdict_id, verdict_label
-from xaudit.report.scorecard import (VERDICT_STYLE, Entry, Scorecard, check_meta, registered_check, scorecard,
-                                     verdict_key_of)
+from xaudit.report.scorecard import (Entry, Scorecard, check_meta, registered_check, scorecard, verdict_key_of)
 from xaudit.run.execute import artifact_dir
 from xaudit.run.store import Store, find_db
 
@@ -28,70 +29,37 @@ line-height:1.4;padding:0 1em}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0;font-size:90%} th,td{border:1px solid #ddd;padding:4px 8px;
 vertical-align:top;text-align:left} th{background:#f4f4f4}
-td.pass{background:#e6f4ea} td.fail{background:#fde8e8} td.mixed{background:#fdf6e3} td.error{background:#fff3cd} td.na{color:#888}
+td.na{color:#888} figcaption{font-size:90%;max-width:60em}
 span.lab{color:#888;font-size:85%} .muted{color:#777} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;
 font-size:85%;white-space:pre-wrap} img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 tr.sep td{background:#fafafa;font-style:italic;color:#666} details{margin:.3em 0}
 .desc{white-space:pre-wrap} p.warn{background:#fff3cd;padding:.4em}
-"""
+""" + answer.CSS + "".join(
+    f"td.{k}{{background:{bg};color:{fg}}} " for k, (_, _, bg, fg) in answer.STYLE.items() if k != "absent")
+
+# a verdict row's word -> the answer table's state (its symbol and colour)
+STATE_OF = {"pass": "reveals", "fail": "not", "inconclusive": "inconclusive"}
 
 
 def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def _img(title: str, data: bytes) -> str:
+def _img(title: str, data: bytes, caption: str = "") -> str:
     b64 = base64.b64encode(data).decode("ascii")
-    return f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}"><figcaption class="muted">' \
-           f'{_e(title)}</figcaption></figure>'
+    cap = f"<b>{_e(title)}.</b> {_e(caption)}" if caption else _e(title)
+    return f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}"><figcaption>' \
+           f'{cap}</figcaption></figure>'
 
 
-def _scorecard_html(sc: Scorecard) -> str:
-    if not sc.checks:
-        return "<p>No cells.</p>"
-    head = "".join(f"<th>{_e(c)}</th>" for c in sc.checks)
-    out = [f"<table><tr><th>method</th>{head}</tr>"]
-
-    def row(m: str, label: str) -> str:
-        tds = []
-        for c in sc.checks:
-            lines = sc.lines(m, c)
-            verdicts = {str(e.verdict).lower() for _, e in lines if e.verdict is not None}
-            statuses = {e.status for _, e in lines}
-            cls = ("pass" if verdicts == {"pass"} else "fail" if verdicts == {"fail"} else
-                   "error" if "failed" in statuses else "na" if not verdicts else "mixed")
-            body = "<br>".join(f'<span title="{_e(_details(e))}">'
-                               + (f'<span class="lab">{_e(lab)}:</span> ' if lab else "") + _e(e.text()) + "</span>"
-                               for lab, e in lines)
-            tds.append(f'<td class="{cls}">{body}</td>')
-        return f"<tr><th>{label}</th>{''.join(tds)}</tr>"
-
-    for m in sc.methods:
-        out.append(row(m, _e(m)))
-    if sc.baselines:
-        out.append(f'<tr class="sep"><td colspan="{len(sc.checks) + 1}">baselines (a method should beat '
-                   'these; a check that a baseline passes cannot tell methods apart)</td></tr>')
-        for m in sc.baselines:
-            out.append(row(m, f"{_e(m)} <span class=lab>(baseline)</span>"))
-    out.append("</table>")
-    legend = ", ".join(f"{w} = {k}" for k, (w, _) in VERDICT_STYLE.items() if k != "mixed")
-    out.append(f'<p class="muted">Each entry: verdict, score [CI] from the check\'s verdict row ({_e(legend)}); '
-               '"error": the cell failed (see below); "n/a": the method does not apply to the model. '
-               'Hover an entry for every verdict row.</p>')
-    for line in sc.legend()[1:]:
-        out.append(f'<p class="muted">{_e(line)}</p>')
-    return "".join(out)
-
-
-def _details(e) -> str:
-    """Tooltip of a scorecard entry: every verdict row of the cell."""
-    if not e.details:
-        return e.metric or ""
-    parts = []
-    for d in e.details:
-        val = "" if d["value"] is None else f" {d['value']:.3g}"
-        parts.append(f"{d.get('key', d['metric'])}: {d['verdict']}{val}")
-    return "; ".join(parts)
+def _figure_items(made) -> list[tuple]:
+    """A figure maker's result as (title, figure or PNG bytes, caption) triples: it may return one
+    figure, None, or a list of (title, figure) pairs or (title, figure, caption) triples."""
+    if made is None:
+        return []
+    if not isinstance(made, list):
+        return [("", made, "")]
+    return [(t[0], t[1], t[2] if len(t) > 2 else "") for t in made]
 
 
 def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path) -> str:
@@ -124,7 +92,7 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
         if not crow:
             out.append("<p class=muted>No result rows.</p>")
             continue
-        images: list[tuple[str, bytes]] = []
+        images: list[tuple[str, bytes, str]] = []
         notes: list[str] = []
         own = None
         cls = registered_check(c)
@@ -138,20 +106,19 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
         if own is None:   # the check's own figures replace the generic curves
             makers += [("metrics", lambda: figs.metric_figure(crow, methods)),
                        ("curves", lambda: figs.curve_figures(crow, methods, base))]
+        made: list[tuple] = []
         for title, make in makers:
             try:
-                f = make()
-                for t, fig in (f if isinstance(f, list) else [(title, f)] if f is not None else []):
-                    images.append((t, figs.png(fig)))
+                made += [(t or title, f, cap) for t, f, cap in _figure_items(make())]
             except Exception as e:   # a figure must never lose the report
                 notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
         out.append(_verdict_table(crow, methods, verdict_key_of(check_info, c)))
-        for title, f in own or []:
+        for title, f, cap in made + _figure_items(own):
             try:
-                images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f)))
+                images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f), cap))
             except Exception as e:
                 notes.append(f"figure {title!r} failed: {type(e).__name__}: {e}")
-        out += [_img(t, d) for t, d in images]
+        out += [_img(t, d, cap) for t, d, cap in images]
         out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
     return "".join(out)
 
@@ -171,7 +138,7 @@ def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = 
     out = []
     for g, rs in groups.items():
         cap = ", ".join(f"{k} {v}" for k, v in zip(vary, g))
-        out.append(f"<table><caption class=muted>{_e(cap)}</caption><tr><th>method</th>"
+        out.append(f"<table class=verdicts><caption class=muted>{_e(cap)}</caption><tr><th>method</th>"
                    + "".join(f"<th>{_e(heads[k])}</th>" for k in columns) + "</tr>")
         for m in methods:
             mine = {verdict_id(r, key): r for r in rs if r["method"] == m}
@@ -183,10 +150,11 @@ def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = 
                 if r is None:
                     tds.append("<td></td>")
                     continue
-                v = str(r["verdict"]).lower()
+                state = STATE_OF.get(str(r["verdict"]).lower(), "inconclusive")
                 e = Entry(world="", model="", seed=None, verdict=r["verdict"], value=r["value"], ci_low=r["ci_low"],
                           ci_high=r["ci_high"])
-                tds.append(f'<td class="{v if v in ("pass", "fail") else ""}">{_e(e.text())}</td>')
+                sym = answer.STYLE[state][0]
+                tds.append(f'<td class="{state}" title="{_e(str(r["verdict"]))}">{sym} {_e(e.score())}</td>')
             out.append(f"<tr><th>{_e(m)}</th>{''.join(tds)}</tr>")
         out.append("</table>")
     return "".join(out)
@@ -308,11 +276,12 @@ def render(store: Store, run_dir: Path) -> str:
              f"not applicable, {counts['pending']} unfinished · {secs:.1f} s of cell time · written "
              f"{_e(_when(time.time()))}</p>",
              "<p>" + " · ".join(f'<a href="#check-{_e(c)}">{_e(c)}</a>' for c in sc.checks) + "</p>",
+             '<h2 id="answer-title">Which method reveals which bug</h2>',
+             answer.render_html(answer.answer_table(store), check_info),
              _audit_html(runs),
-             "<h2>Scorecard</h2>", _scorecard_html(sc),
              _check_sections(store, sc, check_info, run_dir),
              "<h2>Models</h2>", _models_html(store.models()),
-             _cells_html(cells), _config_html(runs), "</body></html>"]
+             _cells_html(cells), _config_html(runs), f"<script>{answer.JS}</script></body></html>"]
     return "".join(parts)
 
 
