@@ -164,9 +164,9 @@ def test_every_verdict_of_a_per_trojan_check_reaches_scorecard_and_html(tmp_path
         assert e.metrics() == ["l1 / patch_a", "l1 / style_b", "l1 / natural_c"]
         assert e.codes() == "PF?" and e.verdict == "mixed"
     html = (res.run_dir / "report.html").read_text()
-    for metric in ("l1", "pearson"):
-        for t in ("patch_a", "style_b", "natural_c"):
-            assert f"<th>{metric} / {t}</th>" in html
+    # a header per metric over one column per trojan
+    assert '<th colspan="3" class="metric">l1</th><th colspan="3" class="metric">pearson</th></tr><tr>' \
+        '<th>patch_a</th><th>style_b</th><th>natural_c</th><th>patch_a</th><th>style_b</th><th>natural_c</th>' in html
     # each method's row of the verdict table has all six verdicts
     table = html[html.index('<h2 id="check-toy_per_trojan">'):]
     assert table.count('<td class="reveals" title="pass">') == 4 and table.count('<td class="not" title="fail">') == 4

@@ -219,4 +219,4 @@ def test_figures_read_the_saved_panels(fake_world, methods, tmp_path):
         assert labels == ["method (a = sum|attr| / max)", "edge", "mask"]
         assert np.array_equal(z["panels"][0], z["panels"][2])
     figs = Localization().figures(rows, [tmp_path])
-    assert len(figs) == 1 + 2 and all(png[:4] == b"\x89PNG" for _, png in figs)
+    assert len(figs) == 1 + 2 and all(png[:4] == b"\x89PNG" for _, png, cap in figs) and all(cap for *_, cap in figs)

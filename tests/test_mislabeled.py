@@ -327,6 +327,6 @@ def test_figure_data_and_figures(cards, tmp_path):
         assert d["panels"].shape == (3, 2, 32, 32) and d["images"].shape == (2, 3, 32, 32)
         assert (d["flipped_labels"] != d["true_labels"]).all()
     figs = mislabeled.MislabeledExamples().figures(rows, [tmp_path])
-    titles = [t for t, _ in figs]
+    titles = [t for t, *_ in figs]
     assert any("flipped vs correct" in t for t in titles) and any("maps per method" in t for t in titles)
-    assert all(png[:4] == b"\x89PNG" for _, png in figs)
+    assert all(png[:4] == b"\x89PNG" for _, png, cap in figs) and all(cap for *_, cap in figs)

@@ -401,7 +401,7 @@ def test_figure_data_and_failures(tmp_path):
     assert d["panels"].shape == (3, 2, SIZE, SIZE) and not d["failed"].any()
     assert not by(rows, series="failures")
     figs = checks_base.get("ood").figures(rows, [tmp_path])
-    assert figs and all(isinstance(png, bytes) and png[:4] == b"\x89PNG" for _, png in figs)
+    assert figs and all(isinstance(png, bytes) and png[:4] == b"\x89PNG" for _, png, cap in figs) and all(cap for *_, cap in figs)
     assert not any(math.isnan(r["value"]) for r in rows if r["value"] is not None)
 
 
@@ -425,7 +425,7 @@ def test_in_domain_maps_are_the_sanity_checks_maps_from_the_memo():
 def test_figures_draw_one_panel_per_measure_and_domain(tmp_path):
     rows = run(Zoo({("in", 0): tiny(0), ("in", 1): tiny(1), ("shift", 1): tiny(2)}), artifacts=str(tmp_path))
     figs = checks_base.get("ood").figures(rows, [tmp_path])
-    titles = [t for t, _ in figs]
+    titles = [t for t, *_ in figs]
     assert any("in-domain vs out-of-domain maps per method" in t for t in titles)
     assert any("maps per method, input 0" in t for t in titles)
-    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png, cap in figs) and all(cap for *_, cap in figs)

@@ -340,7 +340,7 @@ def test_figure_data_and_figures(tmp_path):
     assert np.allclose(d["panels"][2], 1 - batch().images[:2].mean(1).numpy(), atol=2e-3)
     assert not by(rows, series="failures")
     figs = checks_base.get("ood_shift").figures(rows, [tmp_path])
-    titles = [t for t, _ in figs]
+    titles = [t for t, *_ in figs]
     assert any("maps of x vs maps of shifted x" in t for t in titles)
     assert any("maps per method, input 0" in t for t in titles)
-    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png, cap in figs) and all(cap for *_, cap in figs)

@@ -259,7 +259,7 @@ def test_gradient_reveals_a_background_only_model(tmp_path):
     np.testing.assert_array_equal(d["panels"][2], gt1[:2])
     # the inherited figures read these rows and files: one measures figure, one map grid per input
     figs = checks_base.get("spurious").figures(rows, [tmp_path])
-    assert len(figs) == 3 and all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
+    assert len(figs) == 3 and all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png, cap in figs) and all(cap for *_, cap in figs)
 
 
 def test_blank_map_counts_as_uniform_and_does_not_reveal():

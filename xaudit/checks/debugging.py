@@ -196,12 +196,22 @@ def _hw(t) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- figures
+MEASURES_CAPTION = ("Filled dots: how similar the buggy model's maps are to the healthy model's; open dots: the same "
+                    "for a reference model without the bug; bars are 95% CIs, the grey band a random map's. A method "
+                    "reveals the bug when its filled dot sits clearly on the far side of its open dot, as the rule in "
+                    "the title says; the letter after each method's name is its verdict (P pass, F fail, ? "
+                    "inconclusive).")
+GRID_CAPTION = ("One row per method, one column per panel named on top, for one input. Compare each row's panels: "
+                "a method whose maps look the same with and without the bug would not have shown it to you; a tile "
+                "tinted red is a map the method could not compute.")
+
+
 def _f(v) -> float:
     return math.nan if v is None else float(v)
 
 
 def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str | Path] = (),
-            n_inputs: int = 2) -> list[tuple[str, bytes]]:
+            n_inputs: int = 2) -> list[tuple[str, bytes, str]]:
     """The figures of one debugging test: its measures (from rows) and its map grids (from the npz
     files of its cells)."""
     return measures_figure(check, rows) + grids(check, artifacts, n_inputs)
@@ -209,7 +219,8 @@ def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str 
 
 def measures_figure(check: str, rows: Sequence[dict[str, Any]],
                     marks: Sequence[tuple[str, str, str | None]] | None = None,
-                    what: str = "buggy vs reference model per method") -> list[tuple[str, bytes]]:
+                    what: str = "buggy vs reference model per method", caption: str | None = None
+                    ) -> list[tuple[str, bytes, str]]:
     """Per (model, world, seed): one panel per verdict (its metric, and its ``domain`` where the test
     has several), methods along x; by default the buggy model's value (filled dot, CI bar) and the
     reference model's (open dot, CI bar) on the inputs the verdict names (its ``subset``), the
@@ -217,8 +228,11 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]],
 
     ``marks``: what to draw instead, as (legend label, series, subset) pairs, the first filled, the
     second open (the mislabeled test draws series ``buggy`` on its ``flipped`` and ``correct`` subsets);
-    ``what``: the figure's title after the check's name."""
+    ``what``: the figure's title after the check's name; ``caption``: what to look for (a default for the
+    buggy-vs-reference marks)."""
     from matplotlib.figure import Figure
+
+    caption = caption or MEASURES_CAPTION
 
     out = []
     styles = (("C3", "C3", -0.12), ("none", "C0", 0.12))
@@ -264,13 +278,15 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]],
         rule = next((r.get("rule") for r in verdict_rows if r.get("rule")), "")
         wrapped = "\n".join(textwrap.wrap(str(rule), width=max(60, int(width * 14))))
         fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n{wrapped}", fontsize=8)
-        out.append((f"{check}: {what} ({model}, {world}, seed {seed})", _png(fig)))
+        out.append((f"{check}: {what} ({model}, {world}, seed {seed})", _png(fig), caption))
     return out
 
 
-def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> list[tuple[str, bytes]]:
+def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2, caption: str | None = None
+          ) -> list[tuple[str, bytes, str]]:
     """The paper's figure from the cells' npz files: per input, one row per method: the input, then
     every saved panel (buggy model's map, reference model's map, ground truth, ...)."""
+    caption = caption or GRID_CAPTION
     from matplotlib.figure import Figure
 
     from xaudit.checks.sanity_figures import _load
@@ -311,5 +327,5 @@ def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> lis
             for r, d in enumerate(ds):
                 ax.text(-pad, pad + r * (th + pad) + th / 2, str(d["method"]), fontsize=7, ha="right", va="center")
             fig.suptitle(f"{check}: maps, input {i} ({model}, {world}, seed {seed})", fontsize=9, y=0.995)
-            out.append((f"{check}: maps per method, input {i} ({model}, {world}, seed {seed})", _png(fig)))
+            out.append((f"{check}: maps per method, input {i} ({model}, {world}, seed {seed})", _png(fig), caption))
     return out

@@ -214,7 +214,10 @@ class Localization(Check):
         """Per (model, world, seed): L1 and Pearson with the mask per method (mean and CI) beside the blank
         guess's and the edge map's, with each method's verdict letter; and the map grids (input, the
         method's a, the edge map, the mask, for every method) of the first two saved images."""
-        return scores_figure(rows) + grids(self.name, artifacts, n_inputs=2)
+        return scores_figure(rows) + grids(self.name, artifacts, n_inputs=2,
+                                           caption="One row per method for one image: the method's map, the edge map "
+                                                   "and the object mask. A method that localizes the object puts its "
+                                                   "map on the mask rather than on every edge.")
 
 
 def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
@@ -259,7 +262,10 @@ def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
         fig.suptitle(f"localization: mean and CI per method over the masked images; letters: verdict "
                      f"({model}, {world}, seed {seed})", fontsize=8)
         out.append((f"localization: L1 and Pearson with the mask per method ({model}, {world}, seed {seed})",
-                    png(fig)))
+                    png(fig), "Top: L1 distance between each method's 0-1 map and the object mask (lower is better); "
+                              "bottom: Pearson correlation with it (higher is better); dots are means with 95% CIs. A "
+                              "method localizes the object when it beats both reference lines: the blank guess's L1 "
+                              "and the edge map, which sees only the pixels."))
     return out
 
 

@@ -338,5 +338,10 @@ class MislabeledExamples(DebuggingCheck):
     # -- figures
     def figures(self, rows: Sequence[dict[str, Any]], artifacts: Sequence[Path]) -> list[tuple[str, bytes]]:
         marks = [("flipped examples", "buggy", "flipped"), ("correct examples", "buggy", "correct")]
-        return (measures_figure(self.name, rows, marks, what="flipped vs correct examples per method")
+        return (measures_figure(self.name, rows, marks, what="flipped vs correct examples per method",
+                                caption="Filled dots: how similar the buggy model's maps are to the reference model's "
+                                        "on training examples whose labels were flipped; open dots: on correctly "
+                                        "labeled ones (95% CIs). A method reveals mislabeled examples when the flipped "
+                                        "examples' maps differ more (the filled dot lower) than the correct ones'; "
+                                        "its verdict letter follows its name.")
                 + grids(self.name, artifacts))

@@ -310,7 +310,12 @@ class OutOfDistribution(DebuggingCheck):
 
         marks = [("in-domain vs out-of-domain model", "buggy", None),
                  ("in-domain pair (other seed)", "reference", None)]
-        return (measures_figure(self.name, rows, marks, what="in-domain vs out-of-domain maps per method")
+        return (measures_figure(self.name, rows, marks, what="in-domain vs out-of-domain maps per method",
+                                caption="Filled dots: similarity of the in-domain model's maps to the out-of-domain "
+                                        "model's, on the same inputs; open dots: of two in-domain models (other "
+                                        "seeds); 95% CIs. A method reveals that the input is out of distribution "
+                                        "when the filled dot lies clearly below the open one; its verdict letter "
+                                        "follows its name.")
                 + grids(self.name, artifacts))
 
     # -- the out-of-domain model's maps, in the input's frame

@@ -241,7 +241,12 @@ class OutOfDistributionShift(DebuggingCheck):
         from xaudit.checks.debugging import grids, measures_figure
 
         marks = [("method maps: x vs s(x)", "shifted", None), ("edge maps: x vs s(x)", "edge", None)]
-        return (measures_figure(self.name, rows, marks, what="maps of x vs maps of shifted x per method")
+        return (measures_figure(self.name, rows, marks, what="maps of x vs maps of shifted x per method",
+                                caption="Filled dots: similarity of a method's maps of x and of the shifted s(x); "
+                                        "open dots: the same for the Sobel edge maps, which only see the pixels "
+                                        "(95% CIs). A method reveals the shift when its maps move more than the edge "
+                                        "maps do (the filled dot below the open one); its verdict letter follows its "
+                                        "name.")
                 + grids(self.name, artifacts))
 
     # -- figure data

@@ -105,6 +105,18 @@ class SpuriousCorrelation(DebuggingCheck):
         "random) give exactly 0 and fail.")
 
     # -- parameters
+    def figures(self, rows, artifacts):
+        from xaudit.checks.debugging import grids, measures_figure
+
+        return (measures_figure(self.name, rows, caption=(
+            "Filled dots: the model trained with the spurious background cue; open dots: the same recipe trained "
+            "without it (95% CIs; grey band: a random map). On background_mass, the share of the map on the "
+            "background, a method reveals the cue when the filled dot lies clearly above the open one; the letter "
+            "after each method's name is its verdict."))
+            + grids(self.name, artifacts, caption="One row per method for one input: the cued model's map, the "
+                                                  "unbiased model's, and the ground truths. A method that reveals "
+                                                  "the cue lights up the background in the cued model's map."))
+
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         p = super().resolve(params)
         name = self.name

@@ -220,7 +220,10 @@ class TrojanLocalization(Check):
         edge map, the footprint, for every method)."""
         from xaudit.checks.debugging import grids
 
-        return (box_figure(rows, artifacts) or scores_figure(rows)) + grids(self.name, artifacts, n_inputs=1)
+        return (box_figure(rows, artifacts) or scores_figure(rows)) + grids(
+            self.name, artifacts, n_inputs=1, caption="One row per method on a triggered image: the method's map, "
+                                                      "the edge map and the trigger's footprint. A method that reveals "
+                                                      "the trojan puts its map on the footprint.")
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -393,8 +396,15 @@ def box_figure(rows: Sequence[dict[str, Any]], artifacts: Sequence[Path]) -> lis
             fig.suptitle(f"trojan_localization, {fam} trojans: per-image values ({n} triggered images) per method, "
                          f"grey = references; letters: verdict ({model}, {world}, seed {seed})", fontsize=8)
             out.append((f"trojan_localization: L1 and Pearson per method, {fam} ({model}, {world}, seed {seed})",
-                        png(fig)))
+                        png(fig), TROJAN_CAPTION))
     return out
+
+
+TROJAN_CAPTION = ("L1 distance between each method's 0-1 map and the trigger's footprint (top, lower is better) and "
+                  "Pearson correlation with it (bottom, higher is better), per method, on triggered images; grey: "
+                  "the blank guess and the edge map. A method reveals the trojan when it beats both references "
+                  "clearly; the letter above each method is its verdict. Casper et al. (2023) report that attribution "
+                  "methods often do no better than the edge map here.")
 
 
 def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
@@ -444,7 +454,7 @@ def scores_figure(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
         fig.suptitle(f"trojan_localization, {fam}: mean and CI per method; letters: verdict "
                      f"({model}, {world}, seed {seed})", fontsize=8)
         out.append((f"trojan_localization: L1 and Pearson per method, {fam} ({model}, {world}, seed {seed})",
-                    png(fig)))
+                    png(fig), TROJAN_CAPTION))
     return out
 
 

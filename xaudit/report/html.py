@@ -125,12 +125,22 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
 
 def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = ("metric",)) -> str:
     """Every verdict row of a check: methods as rows, one column per verdict key (the metric, or e.g.
-    metric and trojan), per world/model/seed."""
+    metric and trojan, under a header per metric), per world/model/seed; each cell the verdict's symbol
+    and the score [CI], coloured as in the answer table."""
     vrows = [r for r in rows if r.get("verdict") is not None]
     if not vrows:
         return ""
     columns = list(dict.fromkeys(verdict_id(r, key) for r in vrows))
     heads = {verdict_id(r, key): verdict_label(r, key) for r in vrows}
+    header = "<tr><th>method</th>" + "".join(f"<th>{_e(heads[k])}</th>" for k in columns) + "</tr>"
+    if len(key) > 1 and key[0] == "metric":     # a header per metric over its columns (one per trojan, ...)
+        metrics = list(dict.fromkeys(k[0] for k in columns))
+        columns = [k for m in metrics for k in columns if k[0] == m]
+        rest = key[1:]
+        header = ("<tr><th rowspan=2>method</th>" + "".join(
+            f'<th colspan="{sum(k[0] == m for k in columns)}" class="metric">{_e(m)}</th>' for m in metrics)
+            + "</tr><tr>" + "".join(f"<th>{_e(verdict_label(dict(zip(rest, k[1:])), rest))}</th>" for k in columns)
+            + "</tr>")
     vary = [k for k in ("world", "model", "seed") if len({r.get(k) for r in vrows}) > 1]
     groups: dict[tuple, list[dict]] = {}
     for r in vrows:
@@ -138,8 +148,7 @@ def _verdict_table(rows: list[dict], methods: list[str], key: tuple[str, ...] = 
     out = []
     for g, rs in groups.items():
         cap = ", ".join(f"{k} {v}" for k, v in zip(vary, g))
-        out.append(f"<table class=verdicts><caption class=muted>{_e(cap)}</caption><tr><th>method</th>"
-                   + "".join(f"<th>{_e(heads[k])}</th>" for k in columns) + "</tr>")
+        out.append(f"<table class=verdicts><caption class=muted>{_e(cap)}</caption>{header}")
         for m in methods:
             mine = {verdict_id(r, key): r for r in rs if r["method"] == m}
             if not mine:
