@@ -262,6 +262,20 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory")):
     typer.echo(f"wrote {write_report(run_dir)}")
 
 
+@app.command("compare")
+def compare(
+    run_a: Path = typer.Argument(..., help="run directory A (the reference, e.g. runs/base)"),
+    run_b: Path = typer.Argument(..., help="run directory B (differences are B − A)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for compare.html (default "
+                                                           "RUN_B/compare-<folder name of RUN_A>)"),
+):
+    """Compare two runs: B − A per verdict row with a CI, changed verdicts, what only one run has,
+    and how the configurations differ. Writes compare.html and prints a summary."""
+    from xaudit.report.compare import main_compare
+
+    main_compare(run_a, run_b, out=out, echo=typer.echo)
+
+
 def main() -> None:
     try:
         app()
