@@ -256,10 +256,14 @@ def results(
 
 @app.command("report")
 def report(run_dir: Path = typer.Argument(..., help="a run directory")):
-    """(Re)write a run's report.html from its results store."""
-    from xaudit.report import write_report
+    """(Re)write a run's report.html from its results store and print its answer table."""
+    from xaudit.report import answer, write_report
+    from xaudit.run.store import Store, find_db
 
-    typer.echo(f"wrote {write_report(run_dir)}")
+    path = write_report(run_dir)
+    with Store(find_db(run_dir), readonly=True) as store:
+        answer.render_terminal(answer.answer_table(store))
+    typer.echo(f"wrote {path}")
 
 
 @app.command("compare")
