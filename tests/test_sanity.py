@@ -508,10 +508,10 @@ def test_figures_from_rows_and_artifacts(tmp_path):
     for method in ("saliency", "edge"):
         rows += CascadingRandomization().run(context("cascading_randomization", method, artifacts=str(tmp_path)))
     figs = CascadingRandomization().figures(rows, [tmp_path])
-    titles = [t for t, _ in figs]
+    titles = [t for t, *_ in figs]
     assert any("similarity vs stage" in t for t in titles)
     assert sum("maps per method x stage" in t for t in titles) == 2
-    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png, cap in figs) and all(cap for *_, cap in figs)
     npz = sorted(tmp_path.glob("*.npz"))
     assert len(npz) == 2
     with np.load(npz[0]) as z:

@@ -1,14 +1,23 @@
-"""Figures of the sanity checks, for the report: (title, PNG bytes) pairs.
+"""Figures of the sanity checks, for the report: (title, PNG bytes, caption) triples.
 
-- Curves (from result rows): per (check, model, world, seed), one panel per metric: the mean
-  similarity to the original map against the stage, one line per method with its CI band, the
-  retrain reference drawn as a band in the method's colour, the calibration (random map) as a dotted
-  grey line, tau as a thin black line and the verdict stage as a vertical line; each method's
-  verdict in the legend. Single-comparison checks (data randomization, random logit) are drawn as
-  points with CI bars per method.
+- Curves (from result rows), small multiples: per (check, model, world, seed) one figure of the
+  check's headline metric (its ``scorecard_metric``, Spearman of the abs maps for the built-in checks;
+  else the first of :data:`METRIC_ORDER` present): one panel per method family, each drawing that
+  family's methods in colour (mean similarity to the original map against the stage, CI band, the
+  retrain reference as a dashed line and band in the method's colour) and the baselines in grey,
+  dashed, the same in every panel; the random-map calibration as a dotted grey line, tau as a thin
+  black line and the verdict stage as a dash-dot vertical line in every panel; each method's verdict
+  in its panel's legend. The other metrics' verdicts are in the check's verdict table and verdict
+  figure (one row of five metrics x four families of panels was too busy to read and cost 3x the
+  bytes); pass ``metrics=`` for more rows. Single-comparison checks (data randomization, random
+  logit) are drawn as points with CI bars per method, the baselines after the family's methods.
 - Grid (from the npz files the checks write under the artifacts directory): the paper's figure,
-  abs maps per method (rows) x stage (columns) for one input, the input in the first column and the
-  retrain reference's map (same spec, other seed) in the last.
+  abs maps per method (rows, grouped by family, baselines last) x stage (columns) for one input, the
+  input once on top and the retrain reference's map (same spec, other seed) in the last column; maps
+  in the cividis colour map (:func:`xaudit.core.imaging.colorize`), each data pixel a 2 x 2 block
+  (:func:`xaudit.core.imaging.montage`). Up to ``grid_inputs`` (2) inputs per (model, world, seed), as
+  many as fit in :data:`GRID_TILE_BUDGET` tiles and at least one: with the default preset's 25 methods
+  one input (a second doubled the report's largest figures).
 
 Matplotlib's object API with the Agg canvas: no pyplot, no global state.
 """
@@ -22,11 +31,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from xaudit.checks.base import VERDICT_CODE, rows_by_model
-from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
+from xaudit.core.imaging import MAP_LEVELS, colorize, montage, png as _png
 
 METRIC_TITLES = {"spearman_abs": "Spearman (abs maps)", "spearman_signed": "Spearman (signed maps)",
                  "ssim": "SSIM (0-1 maps)", "hog": "HOG similarity", "edge_similarity": "similarity to edge map"}
 METRIC_ORDER = ("spearman_abs", "spearman_signed", "ssim", "hog", "edge_similarity")
+GRID_INPUTS = 2          # inputs drawn per (model, world, seed), at most ...
+GRID_TILE_BUDGET = 120   # ... and as many as fit in this many tiles (at least one): 25 methods x 3 columns get one
+FAILED_TINT = np.array([0.6, 0.0, 0.0], dtype=np.float32)
 
 
 def _f(v) -> float:
@@ -34,74 +46,157 @@ def _f(v) -> float:
 
 
 def figures(check: str, rows: Sequence[dict[str, Any]], artifacts: Sequence[str | Path] = (),
-            grid_inputs: int = 2) -> list[tuple[str, bytes]]:
+            grid_inputs: int = GRID_INPUTS) -> list[tuple[str, bytes, str]]:
     """All figures of ``check``: curves from ``rows`` and grids from the npz files of this check in the
     ``artifacts`` folders (the report passes those of the active, done cells only)."""
     return curves(check, rows) + grids(check, artifacts, grid_inputs)
 
 
-def curves(check: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    from matplotlib.figure import Figure
+def headline_metric(check: str, present: Sequence[str]) -> str | None:
+    """The metric a sanity figure draws: the check's declared ``scorecard_metric`` when its rows have
+    it, else the first of METRIC_ORDER (then of ``present``) that they have."""
+    declared = None
+    try:
+        from xaudit.checks.base import CHECKS
 
+        declared = getattr(CHECKS.get(check), "scorecard_metric", None)
+    except Exception:
+        pass
+    if declared in present:
+        return declared
+    return next((m for m in METRIC_ORDER if m in present), present[0] if present else None)
+
+
+def curves(check: str, rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None
+           ) -> list[tuple[str, bytes, str]]:
+    """(title, PNG bytes, caption) per (model, world, seed): see :func:`curve_figure`."""
     out = []
-    for (model, world, seed), rs in rows_by_model(rows, check, ("stage", "retrain_reference", "calibration", "verdict")):
-        methods = sorted({r["method"] for r in rs})
-        stages = sorted({r["stage"] for r in rs if r.get("series") == "stage"})
-        labels = {r["stage"]: r.get("block") or str(r["stage"]) for r in rs if r.get("series") == "stage"}
-        single = len([s for s in stages if s and s > 0]) <= 1
-        metrics = [m for m in METRIC_ORDER if any(r["metric"] == m for r in rs)]
-        width = 3.2 * len(metrics) + 2.4                     # the legend on the right
-        bottom = 1.5 if single else 0.75                     # single comparisons: method names below
-        height = max(3.6, 0.13 * len(methods) + 1.0) + bottom - 0.75
-        fig = Figure(figsize=(width, height))
-        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-        fig.subplots_adjust(left=0.7 / width, right=1 - 2.4 / width, bottom=bottom / height, top=1 - 0.65 / height,
-                            wspace=0.28)
-        colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-        tau = next((r.get("tau") for r in rs if r.get("tau") is not None), None)
-        for ax, metric in zip(axes, metrics):
-            sel = [r for r in rs if r["metric"] == metric]
-            _draw_panel(ax, sel, methods, colours, single)
-            cal = [_f(r["value"]) for r in sel if r.get("series") == "calibration"]
-            if cal:
-                ax.axhline(float(np.nanmean(cal)), color="0.4", ls=":", lw=1.2)
-            if tau is not None:
-                ax.axhline(float(tau), color="k", lw=0.6)
-            if single:
-                ax.set_xticks(range(len(methods)), methods, rotation=90, fontsize=6)
-            else:
-                ax.set_xticks(stages, [labels[s] for s in stages], rotation=45, ha="right", fontsize=7)
-                vs = next((r["stage"] for r in sel if r.get("series") == "verdict"), None)
-                if vs is not None:
-                    ax.axvline(vs, color="0.6", lw=0.8, ls="-.")
-            ax.set_ylim(-1.05, 1.05)
-            ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=9)
-        axes[0].set_ylabel("similarity to the original map")
-        # one legend for the figure; each method's verdict per metric in the panels' order
-        verdict_of = {(r["method"], r["metric"]): r.get("verdict") for r in rs if r.get("series") == "verdict"}
-        handles = [axes[0].plot([], [], "-o", ms=3, color=colours[m])[0] for m in methods]
-        names = [f"{m}  {''.join(VERDICT_CODE.get(str(verdict_of.get((m, k))), '-') for k in metrics)}"
-                 for m in methods]
-        fig.legend(handles, names, loc="center right", fontsize=6.5, frameon=False,
-                   title="verdicts (P/F/?) per panel", title_fontsize=7)
-        fig.suptitle(f"{check} — model {model}, world {world}, seed {seed}\n"
-                     f"(dashed line and band: retrain reference; dotted: random-map calibration; "
-                     f"black: tau = {tau})", fontsize=9)
-        out.append((f"{check}: similarity vs stage ({model}, {world}, seed {seed})", _png(fig)))
+    series = ("stage", "retrain_reference", "calibration", "verdict")
+    for (model, world, seed), rs in rows_by_model(rows, check, series):
+        fig, caption = curve_figure(check, rs, metrics)
+        if fig is None:
+            continue
+        out.append((f"{check}: similarity vs stage ({model}, {world}, seed {seed})", _png(fig), caption))
     return out
 
 
-def _draw_panel(ax, sel: list[dict], methods: list[str], colours: dict[str, str], single: bool) -> None:
-    """One metric's panel. Every kind of mark is one collection for all methods (a few artists per
-    panel instead of four per method: 25 methods drew in seconds per figure as separate artists)."""
+def curve_figure(check: str, rs: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None):
+    """(Figure, caption) of one (model, world, seed)'s rows: a row of panels per metric (default: the
+    headline metric only; its title on the row's y axis), a panel per method family (titled by it); the
+    baselines' artists carry gid "baselines" and are in every panel."""
+    from matplotlib.lines import Line2D
+
+    from xaudit.report.figures import BASELINE_COLOUR, baseline_handle, family_panels, panel_figure, text_inches
+
+    rs = list(rs)
+    if not rs:
+        return None, ""
+    model, world, seed = rs[0].get("model"), rs[0].get("world"), rs[0].get("seed")
+    methods = sorted({r["method"] for r in rs})
+    stages = sorted({r["stage"] for r in rs if r.get("series") == "stage"})
+    labels = {r["stage"]: r.get("block") or str(r["stage"]) for r in rs if r.get("series") == "stage"}
+    single = len([s for s in stages if s and s > 0]) <= 1
+    present = list(dict.fromkeys(r["metric"] for r in rs))
+    if metrics is None:
+        head = headline_metric(check, present)
+        metrics = [head] if head else []
+    metrics = [m for m in metrics if m in present]
+    if not metrics:
+        return None, ""
+    panels, base = family_panels(methods)
+    tau = next((r.get("tau") for r in rs if r.get("tau") is not None), None)
+    verdict_of = {(r["method"], r["metric"]): r.get("verdict") for r in rs if r.get("series") == "verdict"}
+    n_max = max(len(ms) for _, ms in panels)
+    n_ticks = [len(ms) + len(base) + 2 for _, ms in panels]          # single comparisons: a tick per method
+    n_legend = 0 if single else math.ceil((max(1, n_max) + bool(base)) / 2)
+    if single:
+        ticks_in = 0.15 + max(text_inches(f"{m} ?", 6) for m in methods)       # rotated 90 degrees
+        panel = (max(0.19 * sum(n_ticks), 5.5) / len(panels), 1.9)
+    else:
+        ticks_in = 0.15 + max((text_inches(labels[s], 6.5) for s in stages), default=0.2) * 0.57   # 45 degrees
+        panel = (2.4, 1.9)
+    below = ticks_in + (0.12 * n_legend + 0.1 if n_legend else 0.0)        # tick labels, then the legend
+    fig, axes = panel_figure(len(metrics), len(panels), panel, left=0.75, right=0.1, bottom=below, top=0.62,
+                             wspace=0.12, hspace=below + 0.3, width_ratios=n_ticks if single else None, sharey=True)
+    legend_y = -(ticks_in + 0.05) / panel[1]
+    for ri, metric in enumerate(metrics):
+        sel = [r for r in rs if r["metric"] == metric]
+        cal = [_f(r["value"]) for r in sel if r.get("series") == "calibration"]
+        vs = next((r["stage"] for r in sel if r.get("series") == "verdict"), None)
+        for ci, (fam, ms) in enumerate(panels):
+            ax = axes[ri][ci]
+            colours = {m: f"C{i % 10}" for i, m in enumerate(ms)}
+            order = ms + base                                     # single comparisons: x positions
+            _draw_panel(ax, sel, ms, colours, single, xpos={m: i for i, m in enumerate(order)}, gid="methods")
+            _draw_panel(ax, sel, base, {m: BASELINE_COLOUR for m in base}, single,
+                        xpos={m: len(ms) + i for i, m in enumerate(base)}, baseline=True, gid="baselines")
+            if cal:
+                ax.axhline(float(np.nanmean(cal)), color="0.4", ls=":", lw=1.2, gid="calibration")
+            if tau is not None:
+                ax.axhline(float(tau), color="k", lw=0.6, gid="tau")
+            code = {m: VERDICT_CODE.get(str(verdict_of.get((m, metric))), '-') for m in ms}
+            if single:
+                ax.set_xticks(range(len(order)), [f"{m} {code[m]}" for m in ms] + base, rotation=90, fontsize=6)
+                for lab in ax.get_xticklabels()[len(ms):]:
+                    lab.set_color("0.45")
+                if ms and base:
+                    ax.axvline(len(ms) - 0.5, color="0.8", lw=0.6)
+            else:
+                ax.set_xticks(stages, [labels[s] for s in stages], rotation=45, ha="right", fontsize=6.5)
+                if vs is not None:
+                    ax.axvline(vs, color="0.6", lw=0.8, ls="-.", gid="verdict_stage")
+            ax.set_ylim(-1.05, 1.05)
+            ax.tick_params(axis="y", labelsize=6.5)
+            ax.grid(alpha=0.25)
+            ax.set_title(fam, fontsize=7.5, y=1.0)
+            if not single:      # single comparisons name the methods (and their verdicts) on the x axis
+                handles = [Line2D([], [], color=colours[m], marker="o", ms=3, lw=1.3) for m in ms]
+                names = [f"{m} {code[m]}" for m in ms]
+                if base:
+                    handles.append(baseline_handle(ax))
+                    names.append("baselines")
+                ax.legend(handles, names, fontsize=5.5, frameon=False, ncol=2, loc="upper center",
+                          bbox_to_anchor=(0.5, legend_y), handlelength=1.6, columnspacing=0.8, borderpad=0)
+        axes[ri][0].set_ylabel(f"{METRIC_TITLES.get(metric, metric)}\nsimilarity to the original map", fontsize=7)
+    fig.suptitle(f"{check} — model {model}, world {world}, seed {seed} (letters: verdict P/F/?)\n"
+                 f"grey{'' if single else ' dashed'}: baselines ({', '.join(base) or 'none'}); dashed + band in "
+                 f"colour: retrain reference; dotted: random-map calibration; black: tau = {tau}", fontsize=7.5,
+                 y=1 - 0.06 / fig.get_figheight(), va="top")
+    mt = METRIC_TITLES.get(metrics[0], metrics[0])
+    if single:
+        caption = (f"{mt} of each method's map after the randomization with its map of the trained model, one "
+                   "panel per method family, the baselines (grey) repeated in each. A method that passes sits "
+                   "below tau (black line), near the dotted random-map calibration line and below its retrain "
+                   "reference (dashed band in its colour: a model trained with another seed); a point near 1 "
+                   "means the map ignores what was randomized.")
+    else:
+        caption = (f"{mt} of each method's map with its original map as the model is randomized (left to right), "
+                   "one panel per method family, the baselines (grey, dashed) repeated in each. A method that "
+                   "passes drops below tau (black) and towards the dotted calibration line by the verdict stage "
+                   "(dash-dot), and below its retrain reference (dashed band in its colour); a map that stays "
+                   "near 1 ignores the weights, like the input and edge baselines.")
+    return fig, caption
+
+
+def _draw_panel(ax, sel: list[dict], methods: list[str], colours: dict[str, str], single: bool,
+                xpos: dict[str, int] | None = None, baseline: bool = False, gid: str | None = None) -> None:
+    """One metric's marks for ``methods`` in one panel. Every kind of mark is one collection for all
+    methods (a few artists per panel instead of four per method: 25 methods drew in seconds per figure
+    as separate artists). ``baseline``: grey, dashed, no CI band, no retrain reference; ``xpos``: each
+    method's x in single-comparison panels."""
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.colors import to_rgba
 
+    if not methods:
+        return
+    xpos = xpos or {m: i for i, m in enumerate(methods)}
     lines, line_c, pts, pts_c, bands, band_c, ref_lines, ref_c, ref_bands, ref_band_c = ([] for _ in range(10))
-    for i, meth in enumerate(methods):
+    for meth in methods:
+        i = xpos[meth]
         c = colours[meth]
         st = sorted((r for r in sel if r["method"] == meth and r.get("series") == "stage"), key=lambda r: r["stage"])
-        ref = next((r for r in sel if r["method"] == meth and r.get("series") == "retrain_reference"), None)
+        ref = None if baseline else next(
+            (r for r in sel if r["method"] == meth and r.get("series") == "retrain_reference"), None)
         if single:
             tested = [r for r in st if r["stage"] and r["stage"] > 0]
             if tested:
@@ -121,9 +216,9 @@ def _draw_panel(ax, sel: list[dict], methods: list[str], colours: dict[str, str]
             pts += list(zip(xs, ys))
             pts_c += [c] * len(xs)
             lo, hi = [_f(r["ci_low"]) for r in st], [_f(r["ci_high"]) for r in st]
-            if len(xs) > 1:
+            if len(xs) > 1 and not baseline:
                 bands.append(list(zip(xs, hi)) + list(zip(xs[::-1], lo[::-1])))
-                band_c.append(to_rgba(c, 0.2))
+                band_c.append(to_rgba(c, 0.15))
             span = (min(xs), max(xs))
         if ref is not None:
             y, lo, hi = _f(ref["value"]), _f(ref["ci_low"]), _f(ref["ci_high"])
@@ -131,16 +226,21 @@ def _draw_panel(ax, sel: list[dict], methods: list[str], colours: dict[str, str]
             ref_c.append(to_rgba(c))
             ref_bands.append([(span[0], lo), (span[1], lo), (span[1], hi), (span[0], hi)])
             ref_band_c.append(to_rgba(c, 0.18 if single else 0.08))
+    z = 1.5 if baseline else 2.0
     if ref_bands:
-        ax.add_collection(PolyCollection(ref_bands, facecolors=ref_band_c, linewidths=0))
+        ax.add_collection(PolyCollection(ref_bands, facecolors=ref_band_c, linewidths=0, zorder=z - 0.6, gid=gid))
     if bands:
-        ax.add_collection(PolyCollection(bands, facecolors=band_c, linewidths=0))
+        ax.add_collection(PolyCollection(bands, facecolors=band_c, linewidths=0, zorder=z - 0.5, gid=gid))
     if ref_lines:
-        ax.add_collection(LineCollection(ref_lines, colors=ref_c, linestyles="--", linewidths=0.9))
+        ax.add_collection(LineCollection(ref_lines, colors=ref_c, linestyles="--", linewidths=0.8, zorder=z, gid=gid))
     if lines:
-        ax.add_collection(LineCollection(lines, colors=line_c, linewidths=1.6 if single else 1.3))
+        style = (0, (3.5, 2.0)) if baseline and not single else "solid"
+        ax.add_collection(LineCollection(lines, colors=line_c, linestyles=style, zorder=z, gid=gid,
+                                         linewidths=(1.0 if baseline else 1.3) if not single else 1.5))
     if pts:
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=pts_c, s=18 if single else 9, zorder=3)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=pts_c,
+                   s=(14 if single else 7) * (0.7 if baseline else 1), marker="s" if baseline else "o",
+                   zorder=z + 0.1, gid=gid)
     ax.autoscale_view()
 
 
@@ -149,11 +249,45 @@ def _load(path: Path) -> dict[str, Any]:
         return {k: z[k] for k in z.files}
 
 
-def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> list[tuple[str, bytes]]:
+def _family_order(methods: Sequence[str]) -> list[str]:
+    """Methods grouped by family (the families' order of the curves), baselines last."""
+    from xaudit.report.figures import family_panels
+
+    panels, base = family_panels(sorted(methods))
+    return [m for _, ms in panels for m in ms] + base
+
+
+def grid_figure(check: str, ds: Sequence[dict[str, Any]], i: int, title: str):
+    """The montage Figure of input ``i``: the input once, on top (above the original maps: every cell
+    saw the same input, and a copy in every row was a seventh of the grid's bytes), then a row per cell's
+    method (family order, baselines last), columns = each stage's abs map, then the retrain reference's
+    map; failed maps tinted red and captioned."""
+    order = {m: k for k, m in enumerate(_family_order([str(d["method"]) for d in ds]))}
+    ds = sorted(ds, key=lambda d: order[str(d["method"])])
+    n_stages = max(int(d["abs"].shape[0]) for d in ds)
+    has_ref = all("reference_abs" in d for d in ds)
+    n_cols = n_stages + has_ref                            # stages, retrained model
+    stage_labels = next(d for d in ds if int(d["abs"].shape[0]) == n_stages)["stage_labels"]
+    tiles: list[list[Any]] = [[ds[0]["images"][i].astype(np.float32)] + [None] * (n_cols - 1)]
+    captions = {}
+    for d in ds:
+        row: list[Any] = [None] * n_cols
+        for s in range(d["abs"].shape[0]):
+            m = colorize(d["abs"][s, i], levels=MAP_LEVELS)
+            if bool(d["failed"][s, i]):
+                m = m * 0.4 + FAILED_TINT
+                captions[(len(tiles), s)] = "failed"
+            row[s] = m
+        if has_ref:
+            row[-1] = colorize(d["reference_abs"][i], levels=MAP_LEVELS)
+        tiles.append(row)
+    heads = [str(x) for x in stage_labels] + (["retrained (other seed)"] if has_ref else [])
+    return montage(tiles, ["input image"] + [str(d["method"]) for d in ds], heads, title=title, captions=captions)
+
+
+def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = GRID_INPUTS) -> list[tuple[str, bytes, str]]:
     """The map grids, each drawn as one mosaic image with text labels (one axes: fast to render), from
     this check's npz files in the given artifact folders."""
-    from matplotlib.figure import Figure
-
     paths = sorted(p for d in map(Path, artifacts) if d.is_dir() for p in d.glob(f"sanity__{check}__*.npz"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for path in paths:
@@ -162,43 +296,17 @@ def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2) -> lis
             continue
         groups[(str(d["model"]), str(d["world"]), int(d["seed"]))].append(d)
     out = []
-    pad = 2
+    caption = ("Each row is one method's absolute map of the same input (top) as the model is "
+               "randomized (columns, left to right), and last the map of a model trained with another seed; "
+               "colour: cividis, dark blue = low, yellow = high attribution (each map scaled to [0, 1]). A "
+               "method that passes changes its map as the weights are randomized; a map that keeps the input's "
+               "shape to the last column shows the input, not the model (compare the input and edge baselines, "
+               "the last rows). Red tint: the method failed on that map.")
     for (model, world, seed), ds in sorted(groups.items()):
-        ds = sorted(ds, key=lambda d: str(d["method"]))
         n_img = min(int(d["abs"].shape[1]) for d in ds)
-        n_stages = max(int(d["abs"].shape[0]) for d in ds)
-        has_ref = all("reference_abs" in d for d in ds)
-        n_cols = 1 + n_stages + has_ref                        # input, stages, retrained model
-        stage_labels = next(d for d in ds if int(d["abs"].shape[0]) == n_stages)["stage_labels"]
-        for i in range(min(n_inputs, n_img)):
-            tiles, failed = [], []
-            for d in ds:
-                row = [_rgb(d["images"][i])] + [None] * (n_cols - 1)
-                for s in range(d["abs"].shape[0]):
-                    row[s + 1] = _rgb(d["abs"][s, i])
-                    if bool(d["failed"][s, i]):
-                        row[s + 1] = row[s + 1] * 0.4 + np.array([0.6, 0.0, 0.0], dtype=np.float32)
-                        failed.append((len(tiles), s + 1))
-                if has_ref:
-                    row[-1] = _rgb(d["reference_abs"][i])
-                tiles.append(row)
-            mosaic = _mosaic(tiles, pad)
-            th, tw = tiles[0][0].shape[:2]
-            fig = Figure(figsize=(0.75 * n_cols + 1.6, 0.75 * len(ds) + 1.1))
-            ax = fig.add_axes((1.4 / (0.75 * n_cols + 1.6), 0.02, 0.75 * n_cols / (0.75 * n_cols + 1.6),
-                               0.75 * len(ds) / (0.75 * len(ds) + 1.1)))
-            ax.imshow(mosaic, interpolation="nearest")
-            ax.set_axis_off()
-            cx = [pad + c * (tw + pad) + tw / 2 for c in range(n_cols)]
-            heads = ["input"] + [str(x) for x in stage_labels] + (["retrained (other seed)"] if has_ref else [])
-            for c, text in enumerate(heads):
-                ax.text(cx[c], -pad, text, fontsize=7, rotation=35, ha="left", va="bottom")
-            for r, d in enumerate(ds):
-                ax.text(-pad, pad + r * (th + pad) + th / 2, str(d["method"]), fontsize=7, ha="right",
-                        va="center")
-            for r, c in failed:
-                ax.text(cx[c], pad + r * (th + pad) + th / 2, "failed", fontsize=6, color="white",
-                        ha="center", va="center")
-            fig.suptitle(f"{check}: abs maps, input {i} ({model}, {world}, seed {seed})", fontsize=9, y=0.995)
-            out.append((f"{check}: maps per method x stage, input {i} ({model}, {world}, seed {seed})", _png(fig)))
+        tiles = len(ds) * (1 + max(int(d["abs"].shape[0]) for d in ds))       # one input's grid
+        for i in range(min(n_inputs, n_img, max(1, GRID_TILE_BUDGET // tiles))):
+            fig = grid_figure(check, ds, i, f"{check}: abs maps, input {i} ({model}, {world}, seed {seed})")
+            out.append((f"{check}: maps per method x stage, input {i} ({model}, {world}, seed {seed})", _png(fig),
+                        caption))
     return out
