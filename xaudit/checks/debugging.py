@@ -40,7 +40,7 @@ import torch
 from xaudit.checks.base import VERDICT_CODE, Check, CheckContext, row, rows_by_model
 from xaudit.checks.toolkit import Maps, bootstrap_mean_cis, check_map_params, finite_or_none, merge_params, stream_seed
 from xaudit.core.errors import check_bool, check_choice, check_range
-from xaudit.core.imaging import mosaic as _mosaic, png as _png, to_rgb as _rgb
+from xaudit.core.imaging import png as _png
 
 CITATION = ("Adebayo, Muelly, Liccardi, Kim. Debugging Tests for Model Explanations. NeurIPS 2020")
 SERIES = ("buggy", "reference", "calibration", "difference", "verdict", "separability", "failures")
@@ -201,7 +201,8 @@ MEASURES_CAPTION = ("Filled dots: how similar the buggy model's maps are to the 
                     "reveals the bug when its filled dot sits clearly on the far side of its open dot, as the rule in "
                     "the title says; the letter after each method's name is its verdict (P pass, F fail, ? "
                     "inconclusive).")
-GRID_CAPTION = ("One row per method, one column per panel named on top, for one input. Compare each row's panels: "
+GRID_CAPTION = ("The input on top, then one row per method, one column per panel named above it (maps in cividis: "
+                "dark is low, yellow high). Compare each row's panels: "
                 "a method whose maps look the same with and without the bug would not have shown it to you; a tile "
                 "tinted red is a map the method could not compute.")
 
@@ -284,13 +285,14 @@ def measures_figure(check: str, rows: Sequence[dict[str, Any]],
 
 def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2, caption: str | None = None
           ) -> list[tuple[str, bytes, str]]:
-    """The paper's figure from the cells' npz files: per input, one row per method: the input, then
-    every saved panel (buggy model's map, reference model's map, ground truth, ...)."""
-    caption = caption or GRID_CAPTION
-    from matplotlib.figure import Figure
-
+    """The paper's figure from the cells' npz files: per input, the input once on top, then one row per
+    method with every saved panel (buggy model's map, reference model's map, ground truth, ...), maps in
+    the report's perceptually uniform colour map, each data pixel an exact block
+    (:func:`xaudit.core.imaging.montage`); a map the method could not compute is tinted red."""
     from xaudit.checks.sanity_figures import _load
+    from xaudit.core.imaging import montage, tile
 
+    caption = caption or GRID_CAPTION
     paths = sorted(p for d in map(Path, artifacts) if Path(d).is_dir()
                    for p in Path(d).glob(f"debugging__{check}__*.npz"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -299,33 +301,20 @@ def grids(check: str, artifacts: Sequence[str | Path], n_inputs: int = 2, captio
         if str(d["check"]) == check:
             groups[(str(d["model"]), str(d["world"]), int(d["seed"]))].append(d)
     out = []
-    pad = 2
+    red = np.array([0.6, 0.0, 0.0], dtype=np.float32)
     for (model, world, seed), ds in sorted(groups.items()):
         ds = sorted(ds, key=lambda d: str(d["method"]))
         labels = [str(x) for x in ds[0]["panel_labels"]]
         n_img = min(int(d["panels"].shape[1]) for d in ds)
         for i in range(min(n_inputs, n_img)):
-            tiles = []
+            tiles: list[list] = [[ds[0]["images"][i]] + [None] * (len(labels) - 1)]
             for d in ds:
-                rowt = [_rgb(d["images"][i])]
+                row_tiles = []
                 for s in range(d["panels"].shape[0]):
-                    t = _rgb(d["panels"][s, i])
-                    if bool(d["failed"][s, i]):
-                        t = t * 0.4 + np.array([0.6, 0.0, 0.0], dtype=np.float32)
-                    rowt.append(t)
-                tiles.append(rowt)
-            mosaic = _mosaic(tiles, pad)
-            th, tw = tiles[0][0].shape[:2]
-            n_cols = max(len(t) for t in tiles)
-            w_in, h_in = 0.75 * n_cols + 1.6, 0.75 * len(ds) + 1.1
-            fig = Figure(figsize=(w_in, h_in))
-            ax = fig.add_axes((1.4 / w_in, 0.02, 0.75 * n_cols / w_in, 0.75 * len(ds) / h_in))
-            ax.imshow(mosaic, interpolation="nearest")
-            ax.set_axis_off()
-            for c, text in enumerate(["input"] + labels):
-                ax.text(pad + c * (tw + pad) + tw / 2, -pad, text, fontsize=7, rotation=35, ha="left", va="bottom")
-            for r, d in enumerate(ds):
-                ax.text(-pad, pad + r * (th + pad) + th / 2, str(d["method"]), fontsize=7, ha="right", va="center")
-            fig.suptitle(f"{check}: maps, input {i} ({model}, {world}, seed {seed})", fontsize=9, y=0.995)
+                    t = tile(d["panels"][s, i])
+                    row_tiles.append(t * 0.4 + red if bool(d["failed"][s, i]) else t)
+                tiles.append(row_tiles)
+            fig = montage(tiles, row_labels=["input"] + [str(d["method"]) for d in ds], col_labels=labels,
+                          title=f"{check}: maps, input {i} ({model}, {world}, seed {seed})")
             out.append((f"{check}: maps per method, input {i} ({model}, {world}, seed {seed})", _png(fig), caption))
     return out

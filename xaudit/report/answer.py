@@ -118,8 +118,9 @@ def column_label(template: str, row: dict[str, Any]) -> str:
     return template.format(**{f: _short(row.get(f)) for f in fields})
 
 
-def answer_table(store: Store) -> AnswerTable:
-    """The answer table of a run's store (see the module docstring for the rule)."""
+def answer_table(store: Store, rows: list[dict] | None = None) -> AnswerTable:
+    """The answer table of a run's store (see the module docstring for the rule); ``rows``: its
+    ``store.rows()``, when the caller has read them."""
     runs = store.runs()
     meta = check_meta(store, runs)
     cells = store.cells(active_only=True)
@@ -135,7 +136,7 @@ def answer_table(store: Store) -> AnswerTable:
     columns: dict[str, Column] = {}
     template_of: dict[str, str] = {}
     found: dict[tuple[str, str], list[dict]] = {}
-    rows = [r for r in store.rows(flatten=True) if r.get("verdict") is not None]
+    rows = [r for r in (store.rows(flatten=True) if rows is None else rows) if r.get("verdict") is not None]
     skipped = []
     for check in checks:
         bug = _hook(meta, check, "bug", None)

@@ -62,8 +62,8 @@ def _figure_items(made) -> list[tuple]:
     return [(t[0], t[1], t[2] if len(t) > 2 else "") for t in made]
 
 
-def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path) -> str:
-    rows = store.rows(flatten=True)
+def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path,
+                    rows: list[dict]) -> str:
     methods = sc.methods + sc.baselines
     # the artifact folders of the active, done cells, per check: figures never see a stale cell's files
     artifacts: dict[str, list[Path]] = {}
@@ -269,7 +269,8 @@ def _when(t: float | None) -> str:
 
 
 def render(store: Store, run_dir: Path) -> str:
-    sc = scorecard(store)
+    rows = store.rows(flatten=True)      # read once: the scorecard, the answer table and the sections share them
+    sc = scorecard(store, rows)
     runs = store.runs()
     cells = store.cells(active_only=True)
     check_info = check_meta(store, runs)
@@ -286,9 +287,9 @@ def render(store: Store, run_dir: Path) -> str:
              f"{_e(_when(time.time()))}</p>",
              "<p>" + " · ".join(f'<a href="#check-{_e(c)}">{_e(c)}</a>' for c in sc.checks) + "</p>",
              '<h2 id="answer-title">Which method reveals which bug</h2>',
-             answer.render_html(answer.answer_table(store), check_info),
+             answer.render_html(answer.answer_table(store, rows), check_info),
              _audit_html(runs),
-             _check_sections(store, sc, check_info, run_dir),
+             _check_sections(store, sc, check_info, run_dir, rows),
              "<h2>Models</h2>", _models_html(store.models()),
              _cells_html(cells), _config_html(runs), f"<script>{answer.JS}</script></body></html>"]
     return "".join(parts)

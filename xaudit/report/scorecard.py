@@ -145,9 +145,10 @@ def verdict_key_of(meta: dict[str, dict[str, Any]], check: str) -> tuple[str, ..
     return tuple(_hook(meta, check, "verdict_key", None) or ("metric",))
 
 
-def scorecard(store: Store) -> Scorecard:
+def scorecard(store: Store, rows: list[dict] | None = None) -> Scorecard:
+    """The scorecard of a run's store (``rows``: its ``store.rows()``, when the caller has read them)."""
     cells = store.cells(active_only=True)
-    rows = store.rows(flatten=True)
+    rows = store.rows(flatten=True) if rows is None else rows
     runs = store.runs()
     meta = check_meta(store, runs)
     run_name = runs[-1]["name"] if runs else ""
