@@ -184,7 +184,7 @@ def answer_table(store: Store, rows: list[dict] | None = None) -> AnswerTable:
 
 # ----------------------------------------------------------------------------------------- HTML
 CSS = """
-table.answer{border-collapse:collapse;font-size:88%} table.answer th,table.answer td{border:1px solid #ccc;
+div.answer-wrap{overflow-x:auto;max-width:100%} table.answer{border-collapse:collapse;font-size:88%} table.answer th,table.answer td{border:1px solid #ccc;
 padding:3px 6px;text-align:center} table.answer td.m,table.answer td.f{text-align:left}
 table.answer thead th{cursor:pointer;background:#f4f4f4;vertical-align:bottom;max-width:7em}
 table.answer thead th[aria-sort=descending]::after{content:" \\25BC"} table.answer thead th[aria-sort=ascending]::after{content:" \\25B2"}
@@ -278,8 +278,8 @@ def render_html(at: AnswerTable, meta: dict[str, dict[str, Any]]) -> str:
     notes = "".join(f'<p class="muted">{_e(n)}</p>' for n in at.notes)
     return (f'<p class="answer-key">{key} <label>method family: <select id="answer-filter"><option value="">all'
             f'</option>{options}</select></label></p>'
-            f'<table id="answer" class="answer"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}'
-            f'</tbody></table><p class="muted">{_e(RULE)}. Each cell is built from the verdict rows of the checks '
+            f'<div class="answer-wrap"><table id="answer" class="answer"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div><p class="muted">{_e(RULE)}. Each cell is built from the verdict rows of the checks '
             f'in its column (the headline metric where a check declares one), across worlds and seeds; hover a cell '
             f'for its rows with their scores and CIs, click a header to sort.</p>{notes}')
 
