@@ -114,6 +114,12 @@ def test_report_contents(run_dir):
     assert base64.b64encode(HOOK_PNG["bytes"]).decode() in html
     assert "hook matplotlib figure" in html
     assert "the check&#x27;s figures() failed: RuntimeError: figure hook exploded" in html
+    # the sections were drawn by forked processes: draw them here, one by one, to see what the hook got;
+    # the same report either way
+    parallel = write_report(run_dir, workers=2).read_text()
+    serial = write_report(run_dir, workers=1).read_text()
+    unstamped = lambda t: re.sub(r"written [0-9: -]+", "", t)  # noqa: E731
+    assert unstamped(serial) == unstamped(parallel) and unstamped(serial) == unstamped(html)
     assert {r["check"] for r in HOOK_PNG["rows"]} == {"fake_hooked"} and len(HOOK_PNG["rows"]) == 3
     # the hook gets the artifact folders of its own done cells, which hold what each cell wrote
     with Store.open(run_dir, readonly=True) as store:

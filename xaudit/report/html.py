@@ -62,64 +62,106 @@ def _figure_items(made) -> list[tuple]:
     return [(t[0], t[1], t[2] if len(t) > 2 else "") for t in made]
 
 
+# what the forked section workers read: set by _check_sections before the pool forks (inherited memory, so
+# the rows are not pickled to them, and checks registered at run time, plugins or tests, are there too)
+_SECTIONS: dict[str, Any] = {}
+
+
+def report_workers(workers: int | None, sections: int) -> int:
+    """Processes that draw the check sections: ``workers``, else this machine's cores (at most 8), never
+    more than the sections; 1 where ``fork`` is not available (the workers inherit the rows and the
+    registries by forking)."""
+    import multiprocessing
+
+    from xaudit.run.executor import available_cores
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    n = available_cores() if workers is None else int(workers)
+    return max(1, min(n, 8, sections))
+
+
 def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], run_dir: Path,
-                    rows: list[dict]) -> str:
-    methods = sc.methods + sc.baselines
+                    rows: list[dict], workers: int | None = None) -> str:
+    """One section per check (its verdict table and figures), the sections drawn by ``workers`` forked
+    processes (:func:`report_workers`); the same HTML as drawing them one by one, in the checks' order."""
     # the artifact folders of the active, done cells, per check: figures never see a stale cell's files
     artifacts: dict[str, list[Path]] = {}
     for cell in store.cells(active_only=True):
         d = artifact_dir(run_dir / "artifacts", cell["key"])
         if cell["status"] == "done" and d.is_dir():
             artifacts.setdefault(cell["check_name"], []).append(d)
-    out = []
-    for c in sc.checks:
-        info = check_info.get(c, {})
-        crow = [r for r in rows if r["check"] == c]
-        out.append(f'<h2 id="check-{_e(c)}">{_e(c)}</h2>')
-        meta = []
-        if info.get("version"):
-            meta.append(f"version {_e(info['version'])}")
-        if info.get("kind"):
-            meta.append(f"kind {_e(info['kind'])}")
-        if info.get("citation"):
-            meta.append(_e(info["citation"]))
-        if meta:
-            out.append(f'<p class="muted">{" · ".join(meta)}</p>')
-        if info.get("description"):
-            out.append(f'<div class="desc">{_e(info["description"])}</div>')
-        if info.get("defaults"):
-            out.append(f'<p class="muted">defaults: {_e(json.dumps(info["defaults"], sort_keys=True))}</p>')
-        if not crow:
-            out.append("<p class=muted>No result rows.</p>")
-            continue
-        images: list[tuple[str, bytes, str]] = []
-        notes: list[str] = []
-        own = None
-        cls = registered_check(c)
-        if cls is not None:
+    by_check: dict[str, list[dict]] = {}
+    for r in rows:
+        by_check.setdefault(r["check"], []).append(r)
+    _SECTIONS.update(rows=by_check, artifacts=artifacts, check_info=check_info, methods=sc.methods + sc.baselines,
+                     baselines=tuple(sc.baselines))
+    try:
+        n = report_workers(workers, len(sc.checks))
+        if n > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
+
             try:
-                own = cls().figures(crow, artifacts.get(c, []))
-            except Exception as e:   # a figure must never lose the report
-                notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
-        base = tuple(sc.baselines)
-        makers = [("verdict scores with CI", lambda: figs.verdict_figure(crow, methods, base))]
-        if own is None:   # the check's own figures replace the generic curves
-            makers += [("metrics", lambda: figs.metric_figure(crow, methods)),
-                       ("curves", lambda: figs.curve_figures(crow, methods, base))]
-        made: list[tuple] = []
-        for title, make in makers:
-            try:
-                made += [(t or title, f, cap) for t, f, cap in _figure_items(make())]
-            except Exception as e:   # a figure must never lose the report
-                notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
-        out.append(_verdict_table(crow, methods, verdict_key_of(check_info, c)))
-        for title, f, cap in made + _figure_items(own):
-            try:
-                images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f), cap))
-            except Exception as e:
-                notes.append(f"figure {title!r} failed: {type(e).__name__}: {e}")
-        out += [_img(t, d, cap) for t, d, cap in images]
-        out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
+                with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+                    return "".join(pool.map(_check_section, sc.checks))
+            except (BrokenProcessPool, OSError):     # a worker died (memory?): draw them here, one by one
+                pass
+        return "".join(_check_section(c) for c in sc.checks)
+    finally:
+        _SECTIONS.clear()
+
+
+def _check_section(c: str) -> str:
+    """One check's section, from :data:`_SECTIONS`."""
+    check_info, methods, base = _SECTIONS["check_info"], _SECTIONS["methods"], _SECTIONS["baselines"]
+    info = check_info.get(c, {})
+    crow = _SECTIONS["rows"].get(c, [])
+    out = [f'<h2 id="check-{_e(c)}">{_e(c)}</h2>']
+    meta = []
+    if info.get("version"):
+        meta.append(f"version {_e(info['version'])}")
+    if info.get("kind"):
+        meta.append(f"kind {_e(info['kind'])}")
+    if info.get("citation"):
+        meta.append(_e(info["citation"]))
+    if meta:
+        out.append(f'<p class="muted">{" · ".join(meta)}</p>')
+    if info.get("description"):
+        out.append(f'<div class="desc">{_e(info["description"])}</div>')
+    if info.get("defaults"):
+        out.append(f'<p class="muted">defaults: {_e(json.dumps(info["defaults"], sort_keys=True))}</p>')
+    if not crow:
+        out.append("<p class=muted>No result rows.</p>")
+        return "".join(out)
+    images: list[tuple[str, bytes, str]] = []
+    notes: list[str] = []
+    own = None
+    cls = registered_check(c)
+    if cls is not None:
+        try:
+            own = cls().figures(crow, _SECTIONS["artifacts"].get(c, []))
+        except Exception as e:   # a figure must never lose the report
+            notes.append(f"the check's figures() failed: {type(e).__name__}: {e}")
+    makers = [("verdict scores with CI", lambda: figs.verdict_figure(crow, methods, base))]
+    if own is None:   # the check's own figures replace the generic curves
+        makers += [("metrics", lambda: figs.metric_figure(crow, methods)),
+                   ("curves", lambda: figs.curve_figures(crow, methods, base))]
+    made: list[tuple] = []
+    for title, make in makers:
+        try:
+            made += [(t or title, f, cap) for t, f, cap in _figure_items(make())]
+        except Exception as e:   # a figure must never lose the report
+            notes.append(f"{title} figure failed: {type(e).__name__}: {e}")
+    out.append(_verdict_table(crow, methods, verdict_key_of(check_info, c)))
+    for title, f, cap in made + _figure_items(own):
+        try:
+            images.append((title, f if isinstance(f, (bytes, bytearray)) else figs.png(f), cap))
+        except Exception as e:
+            notes.append(f"figure {title!r} failed: {type(e).__name__}: {e}")
+    out += [_img(t, d, cap) for t, d, cap in images]
+    out += [f'<p class="muted">{_e(n)}</p>' for n in notes]
     return "".join(out)
 
 
@@ -268,7 +310,8 @@ def _when(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def render(store: Store, run_dir: Path) -> str:
+def render(store: Store, run_dir: Path, workers: int | None = None) -> str:
+    """report.html's text; ``workers``: processes drawing the check sections (:func:`report_workers`)."""
     rows = store.rows(flatten=True)      # read once: the scorecard, the answer table and the sections share them
     sc = scorecard(store, rows)
     runs = store.runs()
@@ -289,17 +332,18 @@ def render(store: Store, run_dir: Path) -> str:
              '<h2 id="answer-title">Which method reveals which bug</h2>',
              answer.render_html(answer.answer_table(store, rows), check_info),
              _audit_html(runs),
-             _check_sections(store, sc, check_info, run_dir, rows),
+             _check_sections(store, sc, check_info, run_dir, rows, workers),
              "<h2>Models</h2>", _models_html(store.models()),
              _cells_html(cells), _config_html(runs), f"<script>{answer.JS}</script></body></html>"]
     return "".join(parts)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """(Re)write ``<run_dir>/report.html`` from the run's store; returns its path."""
+def write_report(run_dir: str | Path, workers: int | None = None) -> Path:
+    """(Re)write ``<run_dir>/report.html`` from the run's store; returns its path. ``workers``: processes that
+    draw the check sections (default: the machine's cores, at most 8; 1 draws them in this process)."""
     db = find_db(run_dir)
     with Store(db, readonly=True) as store:
-        text = render(store, db.parent)
+        text = render(store, db.parent, workers)
     path = db.parent / REPORT_NAME
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(text, encoding="utf-8")
