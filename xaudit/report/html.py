@@ -103,11 +103,17 @@ def _check_sections(store: Store, sc: Scorecard, check_info: dict[str, dict], ru
             from concurrent.futures import ProcessPoolExecutor
             from concurrent.futures.process import BrokenProcessPool
 
+            pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
             try:
-                with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
-                    return "".join(pool.map(_check_section, sc.checks))
+                return "".join(pool.map(_check_section, sc.checks))
             except (BrokenProcessPool, OSError):     # a worker died (memory?): draw them here, one by one
                 pass
+            except BaseException:                    # Ctrl-C: stop the workers now, not after their queue
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         return "".join(_check_section(c) for c in sc.checks)
     finally:
         _SECTIONS.clear()
