@@ -81,8 +81,8 @@ class _Worker:
 
 def declared_gpus(models: list[ModelTask], cells: list[CellTask], source: str) -> tuple[float, str] | None:
     """The largest GPU share a task of the run declares, with who declares it: a method's ``num_gpus``
-    (``xaudit.explain.register(num_gpus=)``) or a model's (the model source's optional ``num_gpus(model)``;
-    a user model spec's ``num_gpus``). None when nothing declares one."""
+    (``xaudit.explain.register(num_gpus=)``) or a model's (a model source's optional ``num_gpus(model)``;
+    the zoo's declares none: its small models take the equal share). None when nothing declares one."""
     from xaudit.explain.base import METHODS
     from xaudit.run.models import load_source
 
