@@ -55,14 +55,12 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from xaudit.checks.base import CHECKS, VERDICT_CODE, Check, CheckContext, ModelRef, row, rows_by_model
-from xaudit.checks.debugging import grids, margin_verdict, save_panels, series_cis, summary
-from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_maps, finite_or_none,
-                                   load_batch, merge_params, predict)
-from xaudit.checks.trojan_localization import (MEASURES, NOTES, RULES, VERDICTS, _scaled, blank_localization,
-                                               localization)
+from xaudit.checks.debugging import grids, save_panels, series_cis
+from xaudit.checks.toolkit import (check_map_params, explain_raw, explain_seed, finite_maps, load_batch,
+                                   merge_params, predict)
+from xaudit.checks.trojan_localization import (_scaled, blank_localization, localization, localization_rows,
+                                               localization_series)
 from xaudit.core.errors import NotApplicable, check_choice
 
 CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming Deep Neural Networks with "
@@ -70,7 +68,6 @@ CITATION = ("Casper, Li, Li, Bu, Zhang, Hariharan, Hadfield-Menell. Red Teaming 
             "A benchmark dataset for the ground truth evaluation of neural network explanations. Information "
             "Fusion 2022 (relevance mass accuracy)")
 TARGETS = ("current", "label")
-SOURCES = (("method", "method"), ("edge", "edge baseline"), ("blank", "blank guess"))
 METHOD_PANEL = "method (a = sum|attr| / max)"
 
 DEFAULTS: dict[str, Any] = {
@@ -161,14 +158,7 @@ class Localization(Check):
         values = {"method": localization(raw, mask, failed),
                   "edge": localization(edge_raw, mask, [None] * len(x)),
                   "blank": blank_localization(mask)}
-        series: dict[tuple[str, str], torch.Tensor] = {}
-        for src, _ in SOURCES:
-            for m in MEASURES:
-                series[(src, m)] = values[src][m]
-        for m in MEASURES:
-            series[("method-edge", m)] = values["method"][m] - values["edge"][m]
-        series[("method-blank", "trigger_distance")] = (values["method"]["trigger_distance"]
-                                                        - values["blank"]["trigger_distance"])
+        series = localization_series(values)
         cis = series_cis(series, p, ctx.seed, self.name)
 
         n_failed = sum(f is not None for f in failed)
@@ -180,28 +170,8 @@ class Localization(Check):
         out = [row(ctx, "no_mask", n_none, None, None, n_total, series="no_mask",
                    note=f"{n_none} of the first {n_total} {p['split']} images have no mask (all False) and are left "
                         "out of every measure", **common)]
-        for src, label in SOURCES:
-            for m in MEASURES:
-                v = series[(src, m)]
-                if src == "blank" and not torch.isfinite(v).any():
-                    continue
-                out.append(row(ctx, **summary(m, v, reasons if src == "method" else None, cis[(src, m)]),
-                               series=src, note=f"{label}; {_mask_note(NOTES[m])}", **common))
-        for diff in ("method-edge", "method-blank"):
-            for m in MEASURES:
-                if (diff, m) in series:
-                    out.append(row(ctx, **summary(m, series[(diff, m)], reasons, cis[(diff, m)]),
-                                   series="difference", baseline=diff.split("-")[1],
-                                   note=f"{diff.replace('-', ' minus ')}, paired per image; {_mask_note(NOTES[m])}",
-                                   **common))
-        for vname, (m, base, direction) in VERDICTS.items():
-            key = (f"method-{base}", m)
-            s = summary(vname, series[key], reasons, cis[key])
-            verdict = margin_verdict(s["ci_low"], s["ci_high"], 0.0, direction)
-            out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base,
-                           rule=RULES[vname].replace("the trigger", "the masked region"),
-                           method_value=finite_or_none(cis[("method", m)][0]),
-                           baseline_value=finite_or_none(cis[(base, m)][0]), **common))
+        out += localization_rows(ctx, series, cis, reasons, note=_mask_note,
+                                 rule=lambda r: r.replace("the trigger", "the masked region"), **common)
 
         k = min(int(p["figure_images"]), len(x))
         if k:

@@ -172,13 +172,8 @@ class TrojanLocalization(Check):
         series: dict[tuple, torch.Tensor] = {}
         for g, members in groups.items():
             cat = {src: {m: torch.cat([per_trojan[t]["values"][src][m] for t in members]) for m in MEASURES}
-                   for src in ("method", "edge", "blank")}
-            for src in ("method", "edge", "blank"):
-                for m in MEASURES:
-                    series[(g, src, m)] = cat[src][m]
-            for m in MEASURES:
-                series[(g, "method-edge", m)] = cat["method"][m] - cat["edge"][m]
-            series[(g, "method-blank", "trigger_distance")] = cat["method"]["trigger_distance"] - cat["blank"]["trigger_distance"]
+                   for src, _ in SOURCES}
+            series.update({(g, *k): v for k, v in localization_series(cat).items()})
         cis = series_cis(series, p, ctx.seed, self.name)
 
         for g, members in groups.items():
@@ -189,27 +184,8 @@ class TrojanLocalization(Check):
             extra = {"trojan": g, "n_flipped": sum(per_trojan[t]["n_flipped"] for t in members),
                      "n_eligible": sum(per_trojan[t]["n_eligible"] for t in members),
                      "n_failed": sum(per_trojan[t]["n_failed"] for t in members), **ginfo, **common}
-            for src, label in (("method", "method"), ("edge", "edge baseline"), ("blank", "blank guess")):
-                for m in MEASURES:
-                    v = series[(g, src, m)]
-                    if src == "blank" and not torch.isfinite(v).any():
-                        continue
-                    out.append(row(ctx, **summary(m, v, None, cis[(g, src, m)]), series=src,
-                                   note=f"{label}; {NOTES[m]}", **extra))
-            for diff in ("method-edge", "method-blank"):
-                for m in MEASURES:
-                    if (g, diff, m) in series:
-                        out.append(row(ctx, **summary(m, series[(g, diff, m)], None, cis[(g, diff, m)]),
-                                       series="difference", baseline=diff.split("-")[1],
-                                       note=f"{diff.replace('-', ' minus ')}, paired per image; {NOTES[m]}",
-                                       **extra))
-            for vname, (m, base, direction) in VERDICTS.items():
-                key = (g, f"method-{base}", m)
-                s = summary(vname, series[key], None, cis[key])
-                verdict = margin_verdict(s["ci_low"], s["ci_high"], 0.0, direction)
-                out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base,
-                               rule=RULES[vname], method_value=finite_or_none(cis[(g, "method", m)][0]),
-                               baseline_value=finite_or_none(cis[(g, base, m)][0]), **extra))
+            out += localization_rows(ctx, {k[1:]: v for k, v in series.items() if k[0] == g},
+                                     {k[1:]: v for k, v in cis.items() if k[0] == g}, **extra)
         save_values(ctx, trojans, per_trojan)
         return out
 
@@ -295,6 +271,55 @@ def blank_localization(footprint: torch.Tensor) -> dict[str, torch.Tensor]:
     nan = torch.full_like(area, math.nan)
     return {"trigger_distance": area, "mask_pearson": nan, "mass_accuracy": nan, "pointing_game": area.clone(),
             "pixel_auroc": torch.full_like(area, 0.5)}
+
+
+SOURCES = (("method", "method"), ("edge", "edge baseline"), ("blank", "blank guess"))
+
+
+def localization_series(values: dict[str, dict[str, torch.Tensor]]) -> dict[tuple[str, str], torch.Tensor]:
+    """The per-image series of one group of images, keyed (source, measure), in this order: every measure of
+    each source (``values``: :func:`localization` of the method and the edge map, :func:`blank_localization`),
+    then method minus edge on every measure, then method minus blank on L1 (the published comparison)."""
+    series: dict[tuple[str, str], torch.Tensor] = {}
+    for src, _ in SOURCES:
+        for m in MEASURES:
+            series[(src, m)] = values[src][m]
+    for m in MEASURES:
+        series[("method-edge", m)] = values["method"][m] - values["edge"][m]
+    series[("method-blank", "trigger_distance")] = (values["method"]["trigger_distance"]
+                                                    - values["blank"]["trigger_distance"])
+    return series
+
+
+def localization_rows(ctx: CheckContext, series: dict[tuple[str, str], torch.Tensor], cis: dict[tuple, tuple],
+                      reasons: Sequence[str | None] | None = None, note=lambda n: n, rule=lambda r: r,
+                      **extra: Any) -> list[dict[str, Any]]:
+    """The rows of one group (:func:`localization_series` and its CIs): each source's measures (the blank
+    guess's where defined), the paired differences, and the verdicts of :data:`VERDICTS`. ``reasons``: why
+    each image's method map failed (None: none failed); ``note`` / ``rule`` rewrite the measure notes and
+    the verdict rules (the localization check calls the footprint the mask); ``extra``: columns of every row."""
+    out = []
+    for src, label in SOURCES:
+        for m in MEASURES:
+            v = series[(src, m)]
+            if src == "blank" and not torch.isfinite(v).any():
+                continue
+            out.append(row(ctx, **summary(m, v, reasons if src == "method" else None, cis[(src, m)]),
+                           series=src, note=f"{label}; {note(NOTES[m])}", **extra))
+    for diff in ("method-edge", "method-blank"):
+        for m in MEASURES:
+            if (diff, m) in series:
+                out.append(row(ctx, **summary(m, series[(diff, m)], reasons, cis[(diff, m)]),
+                               series="difference", baseline=diff.split("-")[1],
+                               note=f"{diff.replace('-', ' minus ')}, paired per image; {note(NOTES[m])}", **extra))
+    for vname, (m, base, direction) in VERDICTS.items():
+        key = (f"method-{base}", m)
+        s = summary(vname, series[key], reasons, cis[key])
+        verdict = margin_verdict(s["ci_low"], s["ci_high"], 0.0, direction)
+        out.append(row(ctx, **s, verdict=verdict, series="verdict", measure=m, baseline=base, rule=rule(RULES[vname]),
+                       method_value=finite_or_none(cis[("method", m)][0]),
+                       baseline_value=finite_or_none(cis[(base, m)][0]), **extra))
+    return out
 
 
 def _scaled(raw: torch.Tensor) -> torch.Tensor:
