@@ -131,6 +131,22 @@ def summary(metric: str, values: torch.Tensor, reasons: Sequence[str | None] | N
             "excluded": "; ".join(f"{r or 'undefined'} ({c})" for r, c in why.most_common())}
 
 
+def series_rows(ctx: CheckContext, series: dict[tuple, torch.Tensor], reasons: dict[tuple, list],
+                cis: dict[tuple, tuple], notes: dict[str, str], extra: dict[Any, dict[str, Any]],
+                **common: Any) -> list[dict[str, Any]]:
+    """One row per (series name, domain, measure) key but the ``difference`` ones (their rows carry verdicts,
+    written by the check): the summary with its CI, the series' note, and ``extra[domain]``'s columns."""
+    out = []
+    for key in series:
+        name, domain, m = key
+        if name == "difference":
+            continue
+        cols = extra.get(domain, {}) if domain is not None else {}
+        out.append(row(ctx, **summary(m, series[key], reasons[key], cis[key]), series=name, domain=domain,
+                       note=notes[name], **cols, **common))
+    return out
+
+
 def failure_rows(ctx: CheckContext, sets: Sequence[tuple[str, Maps]], **common: Any) -> list[dict[str, Any]]:
     """One ``failures`` row per map set with failed inputs: how many and why."""
     out = []

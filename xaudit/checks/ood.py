@@ -57,7 +57,7 @@ import torch
 
 from xaudit.checks.base import CHECKS, CheckContext, ModelRef, row
 from xaudit.checks.debugging import (DebuggingCheck, failure_rows, margin_verdict, rule_text, save_panels,
-                                     series_cis, summary)
+                                     series_cis, series_rows, summary)
 from xaudit.checks.toolkit import explain_seed as shared_explain_seed
 from xaudit.checks.toolkit import (Maps, Similarity, check_int, explain_maps, explain_robust, load_batch,
                                    finite_or_none, make_world, post_process, predict, stream_seed)
@@ -372,14 +372,7 @@ class OutOfDistribution(DebuggingCheck):
                 series[("difference", domain, m)] = b - r
                 reasons[("difference", domain, m)] = [x or y for x, y in zip(rb, rr)]
         cis = series_cis(series, p, ctx.seed, "ood")
-        out = []
-        for key in series:
-            name, domain, m = key
-            if name == "difference":
-                continue
-            cols = extra.get(domain, {}) if domain is not None else {}
-            out.append(row(ctx, **summary(m, series[key], reasons[key], cis[key]), series=name, domain=domain,
-                           note=NOTES[name], **cols, **common))
+        out = series_rows(ctx, series, reasons, cis, NOTES, extra, **common)
         for key in [k for k in series if k[0] == "difference"]:
             _, domain, m = key
             s = summary(m, series[key], reasons[key], cis[key])

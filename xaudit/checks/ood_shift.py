@@ -58,7 +58,7 @@ import torch
 
 from xaudit.checks.base import CHECKS, CheckContext, ModelRef, row
 from xaudit.checks.debugging import (DebuggingCheck, failure_rows, margin_verdict, rule_text, save_panels,
-                                     series_cis, summary)
+                                     series_cis, series_rows, summary)
 from xaudit.checks.ood import Domain, _shift_entry
 from xaudit.checks.toolkit import (Maps, Similarity, explain_maps, explain_seed, finite_or_none, load_batch,
                                    make_world, post_process, predict, stream_seed)
@@ -290,14 +290,7 @@ class OutOfDistributionShift(DebuggingCheck):
                 series[("difference", domain, m)] = s - e
                 reasons[("difference", domain, m)] = [a or b for a, b in zip(rs, re_)]
         cis = series_cis(series, p, ctx.seed, NAME)
-        out = []
-        for key in series:
-            name, domain, m = key
-            if name == "difference":
-                continue
-            cols = extra.get(domain, {}) if domain is not None else {}
-            out.append(row(ctx, **summary(m, series[key], reasons[key], cis[key]), series=name, domain=domain,
-                           note=NOTES[name], **cols, **common))
+        out = series_rows(ctx, series, reasons, cis, NOTES, extra, **common)
         for domain in labels:
             for m in MEASURES:
                 key = ("difference", domain, m)
