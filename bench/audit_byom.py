@@ -55,7 +55,6 @@ sys.path.insert(0, str(ROOT))
 import xaudit  # noqa: E402
 from xaudit import explain  # noqa: E402
 from xaudit.checks import toolkit  # noqa: E402
-from xaudit.core import model as core_model  # noqa: E402
 from xaudit.run.executor import available_cores  # noqa: E402
 from xaudit.run.store import Store  # noqa: E402
 from xaudit.world.folder import FolderWorld  # noqa: E402
@@ -151,33 +150,21 @@ class OverBudget(Exception):
 
 
 def captum_explain_func(method: str, params: dict, budget: dict):
-    """A plain Captum explain function for Quantus with xaudit's settings; stops (OverBudget) before an
-    explanation that would end past ``budget['deadline']``."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
+    """bench/sanity.py's plain Captum explain function for Quantus with xaudit's settings, stopping
+    (OverBudget) before an explanation that would end past ``budget['deadline']``. Integrated Gradients gets
+    the images per model call xaudit uses (its internal_batch, 64, capped for large images: 16 at 224 px,
+    explain.base.call_budget): Captum's default (all 50 x 16 interpolated 224 px images in one batch) needs
+    tens of GB here."""
+    from sanity import captum_explain_func as plain
+
+    from xaudit.explain.base import call_budget
 
     def explain_func(model, inputs, targets, **kwargs):
         now = time.perf_counter()
         if budget["calls"] and now + budget["seconds"] / budget["calls"] > budget["deadline"]:
             raise OverBudget
-        x = torch.as_tensor(inputs)
-        t = torch.as_tensor(targets, dtype=torch.int64)
-        if method == "saliency":
-            a = Saliency(model).attribute(x, target=t, abs=False)
-        elif method == "integrated_gradients":
-            # internal_batch_size: Captum's default (all 50 x 16 interpolated 224 px images in one batch)
-            # needs tens of GB here; the images per call xaudit uses (its internal_batch, 64, capped for
-            # large images: 16 at 224 px, explain.base.call_budget)
-            from xaudit.explain.base import call_budget
-
-            a = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t,
-                                                     n_steps=params.get("steps", 50), method="gausslegendre",
-                                                     internal_batch_size=call_budget(params.get("internal_batch", 64), x))
-        elif method == "grad_cam":
-            cam = LayerGradCam(model, core_model.last_conv(model)).attribute(x, target=t, relu_attributions=True)
-            a = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
-        else:
-            raise ValueError(f"no plain Captum explain function for {method!r}")
-        out = a.sum(1, keepdim=True).detach().numpy()
+        per_call = call_budget(params.get("internal_batch", 64), torch.as_tensor(inputs))
+        out = plain(method, params, internal_batch_size=per_call)(model, inputs, targets)
         budget["calls"] += 1
         budget["seconds"] += time.perf_counter() - now
         return out

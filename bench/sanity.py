@@ -100,8 +100,9 @@ def run_xaudit(method: str, params: dict, models: dict, world_cfg: dict, n_image
     return time.perf_counter() - t0, rows
 
 
-def captum_explain_func(method: str, params: dict):
-    """A plain Captum explain function for Quantus, with the settings of xaudit's method."""
+def captum_explain_func(method: str, params: dict, internal_batch_size: int | None = None):
+    """A plain Captum explain function for Quantus, with the settings of xaudit's method
+    (``internal_batch_size``: Integrated Gradients' images per model call; None: Captum's default, all)."""
     from captum.attr import GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 
     def explain_func(model, inputs, targets, **kwargs):
@@ -111,7 +112,8 @@ def captum_explain_func(method: str, params: dict):
             a = Saliency(model).attribute(x, target=t, abs=False)
         elif method == "integrated_gradients":
             a = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t,
-                                                     n_steps=params.get("steps", 50), method="gausslegendre")
+                                                     n_steps=params.get("steps", 50), method="gausslegendre",
+                                                     internal_batch_size=internal_batch_size)
         elif method == "guided_backprop":
             a = GuidedBackprop(model).attribute(x, target=t)
         elif method == "grad_cam":
